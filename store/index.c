@@ -456,7 +456,8 @@ static int catch_up(cmr_store *s, cmr_space space, MDB_txn *txn, uint64_t genera
     int rc = cmr_changes_since(s, txn, idx->generation, generation, &changed, &n);
     if (rc)
         return rc;
-    qsort(changed, n, sizeof *changed, cmp_u64);
+    if (n > 1)
+        qsort(changed, n, sizeof *changed, cmp_u64);
     for (size_t i = 0; i < n; i++)
         if (m == 0 || changed[m - 1] != changed[i])
             changed[m++] = changed[i];

@@ -163,7 +163,8 @@ static int ids_for_keys(MDB_txn *txn, MDB_dbi dbi, size_t nkeys, const void *key
         free(ids);
         return rc;
     }
-    qsort(ids, n, sizeof *ids, cmp_u64);
+    if (n > 1)
+        qsort(ids, n, sizeof *ids, cmp_u64);
     size_t m = 0;
     for (size_t i = 0; i < n; i++)
         if (m == 0 || ids[m - 1] != ids[i])
@@ -225,10 +226,12 @@ static int evaluate_filter(cmr_store *s, MDB_txn *txn, cmr_space space, const cm
         (rc = ids_for_keys(txn, s->dbi_patient, flt->n_exclude_patients, flt->exclude_patients,
                            CMR_PATIENT_KEY_BYTES, &excluded, &n_excluded)))
         goto done;
+    cap = n_excluded; /* push_id grows from here */
     for (size_t i = 0; i < flt->n_exclude_ids; i++)
         if ((rc = push_id(&excluded, &n_excluded, &cap, flt->exclude_ids[i])))
             goto done;
-    qsort(excluded, n_excluded, sizeof *excluded, cmp_u64);
+    if (n_excluded > 1)
+        qsort(excluded, n_excluded, sizeof *excluded, cmp_u64);
 
     size_t n_candidates = flt->n_diagnoses ? n_dx : (size_t)s->facets_len;
     size_t out_cap = 0;
@@ -502,9 +505,11 @@ static int search_impl(cmr_store *s, cmr_space space, const float *query, size_t
             free(q);
             return rc;
         }
+        cap_excluded = n_excluded;
         for (size_t i = 0; i < filter->n_exclude_ids && rc == 0; i++)
             rc = push_id(&excluded, &n_excluded, &cap_excluded, filter->exclude_ids[i]);
-        qsort(excluded, n_excluded, sizeof *excluded, cmp_u64);
+        if (n_excluded > 1)
+            qsort(excluded, n_excluded, sizeof *excluded, cmp_u64);
     }
     /* A handful of excluded cases (the query case, its patient's other
      * studies) is cheaper to over-fetch and drop than to filter by bitmap. */
