@@ -106,7 +106,8 @@ enum {
 
 /* Settings fixed when a store is created (ignored when opening one). */
 typedef struct cmr_store_config {
-    const char *factory;    /* FAISS factory string for large stores; NULL: "IVF{nlist},Flat" */
+    const char *factory;    /* FAISS factory string (at most 47 characters) giving an IVF
+                               index, for large stores; NULL: "IVF{nlist},Flat" */
     uint64_t ivf_threshold; /* exact flat index below this many vectors; 0: 20000 */
     unsigned nprobe;        /* IVF lists probed per query; 0: automatic */
 } cmr_store_config;
@@ -142,12 +143,22 @@ int cmr_store_patient_key(const cmr_store *store, const char *patient_id,
 
 /* A write transaction: all or nothing.  Commit and abort free it. */
 int cmr_txn_begin(cmr_store *store, cmr_txn **out);
+/* Bind the store to a model inside the transaction (see cmr_store_set_model):
+ * if the transaction is aborted, the store stays unbound. */
+int cmr_txn_set_model(cmr_txn *txn, const char *name, const char *weights_hash, unsigned dim);
 /* Insert, or replace the case with the same Study Instance UID.  image and
  * text are dim floats each, or NULL (the case is stored without that vector
- * and is not searchable in that space).  Vectors must be finite and non-zero;
- * they are L2-normalised before storing.  *out_id (may be NULL) gets the id. */
+ * and is not searchable in that space).  Vectors must be finite with a sum of
+ * squares above 1e-30; they are L2-normalised before storing.  *out_id (may
+ * be NULL) gets the id; *replaced (may be NULL) is set to 1 if a case with
+ * that UID existed, else 0. */
 int cmr_txn_put(cmr_txn *txn, const cmr_case *c, const float *image, const float *text,
                 uint64_t *out_id);
+int cmr_txn_put_ex(cmr_txn *txn, const cmr_case *c, const float *image, const float *text,
+                   uint64_t *out_id, int *replaced);
+/* The checks cmr_txn_put applies to a case's fields (not its vectors), so
+ * that a caller can name a bad row before writing anything. */
+int cmr_case_check(const cmr_case *c);
 /* Remove a case: record, vectors, secondary keys; index entries follow. */
 int cmr_txn_delete(cmr_txn *txn, uint64_t id);
 int cmr_txn_commit(cmr_txn *txn);
@@ -191,7 +202,8 @@ typedef struct cmr_filter {
     const char *site;                  /* exact match, NULL = any */
     const char *manufacturer;          /* exact match (case-insensitive), NULL = any */
     char sex;                          /* 'F', 'M', 'O', 0 = any */
-    int age_min, age_max;              /* inclusive; both 0 = any; unknown age never matches a range */
+    int age_min, age_max;              /* inclusive bounds, 0 = no bound on that side; a case of
+                                          unknown age never matches a bounded filter */
     size_t n_exclude_patients;
     const uint8_t (*exclude_patients)[CMR_PATIENT_KEY_BYTES];
     size_t n_exclude_ids;
@@ -207,7 +219,8 @@ typedef struct cmr_hit {
 typedef struct cmr_hits {
     size_t n;
     cmr_hit *hits;        /* best first */
-    uint64_t n_matching;  /* cases in the space that pass the filter */
+    uint64_t n_matching;  /* cases with a vector in the space that pass the filter,
+                             excluded cases (ids, patients) not counted */
     int exact;            /* 1 if answered by an exact scan */
     unsigned nprobe;      /* IVF lists probed (0 for exact answers) */
 } cmr_hits;

@@ -91,7 +91,7 @@ static int check_text(const char *s, const char *field, const char *uid)
     return 0;
 }
 
-int cmr_case_validate(const cmr_case *c)
+int cmr_case_check(const cmr_case *c)
 {
     const char *uid = c->study_uid;
     if (!uid || !*uid)

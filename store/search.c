@@ -583,7 +583,20 @@ static int search_impl(cmr_store *s, cmr_space space, const float *query, size_t
     }
     if ((rc = assemble(s, txn, &t, k, &h)))
         goto done;
-    h->n_matching = use_filter ? m.n : n_space;
+    if (use_filter) {
+        h->n_matching = m.n;
+    } else {
+        /* Without a filter every vector of the space matches, less the
+         * excluded cases that have one. */
+        h->n_matching = n_space;
+        for (size_t i = 0; i < n_excluded; i++) {
+            uint8_t key[8];
+            cmr_be64_put(key, excluded[i]);
+            MDB_val kv = {8, key}, v;
+            if (mdb_get(txn, s->dbi_vec[space], &kv, &v) == 0 && h->n_matching)
+                h->n_matching--;
+        }
+    }
     h->exact = exact;
     h->nprobe = exact ? 0 : nprobe;
     *out = h;

@@ -339,51 +339,75 @@ void cmr_store_model(const cmr_store *s, const char **name, const char **hash, u
         *dim = s->dim;
 }
 
-int cmr_store_set_model(cmr_store *s, const char *name, const char *hash, unsigned dim)
+static void apply_model(cmr_store *s, const char *name, const char *hash, unsigned dim)
 {
+    snprintf(s->model_name, sizeof s->model_name, "%s", name);
+    snprintf(s->model_hash, sizeof s->model_hash, "%s", hash);
+    s->dim = dim;
+    snprintf(s->model_id, sizeof s->model_id, "%s@%.16s", name, hash);
+}
+
+/* Within a write transaction: record the model if the store has none, or
+ * check that it is the same.  *bound is set when this call recorded it. */
+static int bind_model(cmr_store *s, MDB_txn *txn, const char *name, const char *hash, unsigned dim, int *bound)
+{
+    *bound = 0;
     if (!name || !*name || !hash || !*hash || dim == 0 || dim > 65536)
         return cmr_fail(CMR_EINVAL, "a model needs a name, a weights hash and a dimension "
                                     "between 1 and 65536");
     if (strlen(name) >= sizeof s->model_name || strlen(hash) >= sizeof s->model_hash)
         return cmr_fail(CMR_EINVAL, "model name or hash is too long");
-    if (s->flags & CMR_STORE_RDONLY)
-        return cmr_fail(CMR_ERDONLY, "%s: store is open read-only", s->dir);
-    MDB_txn *txn;
-    int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
-    if (rc)
-        return cmr_lmdb_fail(rc, "starting a write transaction");
     /* Re-read inside the write transaction: another process may have set it. */
     char cur_name[sizeof s->model_name], cur_hash[sizeof s->model_hash];
     uint64_t cur_dim = 0;
+    int rc;
     if ((rc = meta_get_str(txn, s, "model_name", cur_name, sizeof cur_name)) ||
         (rc = meta_get_str(txn, s, "model_hash", cur_hash, sizeof cur_hash)) ||
         (rc = cmr_meta_get_u64(txn, s, "dim", &cur_dim)))
-        goto fail;
+        return rc;
     if (cur_dim) {
-        if (strcmp(cur_name, name) != 0 || strcmp(cur_hash, hash) != 0 || cur_dim != dim) {
-            rc = cmr_fail(CMR_EMODEL, "%s holds vectors of model %s (weights %s, dimension %llu); "
-                                      "refusing model %s (weights %s, dimension %u): vectors "
-                                      "of different models are never mixed",
-                          s->dir, cur_name, cur_hash, (unsigned long long)cur_dim, name, hash, dim);
-            goto fail;
-        }
-        mdb_txn_abort(txn);
-    } else {
-        if ((rc = meta_put_bytes(txn, s, "model_name", name, strlen(name))) ||
-            (rc = meta_put_bytes(txn, s, "model_hash", hash, strlen(hash))) ||
-            (rc = cmr_meta_put_u64(txn, s, "dim", dim)))
-            goto fail;
-        if ((rc = mdb_txn_commit(txn)))
-            return cmr_lmdb_fail(rc, "recording the model");
+        if (strcmp(cur_name, name) != 0 || strcmp(cur_hash, hash) != 0 || cur_dim != dim)
+            return cmr_fail(CMR_EMODEL, "%s holds vectors of model %s (weights %s, dimension %llu); "
+                                        "refusing model %s (weights %s, dimension %u): vectors "
+                                        "of different models are never mixed",
+                            s->dir, cur_name, cur_hash, (unsigned long long)cur_dim, name, hash, dim);
+        return 0;
     }
-    snprintf(s->model_name, sizeof s->model_name, "%s", name);
-    snprintf(s->model_hash, sizeof s->model_hash, "%s", hash);
-    s->dim = dim;
-    snprintf(s->model_id, sizeof s->model_id, "%s@%.16s", name, hash);
+    if ((rc = meta_put_bytes(txn, s, "model_name", name, strlen(name))) ||
+        (rc = meta_put_bytes(txn, s, "model_hash", hash, strlen(hash))) ||
+        (rc = cmr_meta_put_u64(txn, s, "dim", dim)))
+        return rc;
+    *bound = 1;
     return 0;
-fail:
-    mdb_txn_abort(txn);
-    return rc;
+}
+
+int cmr_store_set_model(cmr_store *s, const char *name, const char *hash, unsigned dim)
+{
+    cmr_txn *t;
+    int rc = cmr_txn_begin(s, &t);
+    if (rc)
+        return rc;
+    if ((rc = cmr_txn_set_model(t, name, hash, dim))) {
+        cmr_txn_abort(t);
+        return rc;
+    }
+    return cmr_txn_commit(t);
+}
+
+int cmr_txn_set_model(cmr_txn *t, const char *name, const char *hash, unsigned dim)
+{
+    int bound;
+    int rc = bind_model(t->store, t->txn, name, hash, dim, &bound);
+    if (rc)
+        return rc;
+    snprintf(t->model_name, sizeof t->model_name, "%s", name);
+    snprintf(t->model_hash, sizeof t->model_hash, "%s", hash);
+    t->model_dim = dim;
+    if (!t->store->dim)
+        /* Puts in this transaction need the dimension now; undone on abort. */
+        apply_model(t->store, name, hash, dim);
+    (void)bound;
+    return 0;
 }
 
 /* ---- write transactions ------------------------------------------------------------ */
@@ -423,6 +447,19 @@ void cmr_txn_abort(cmr_txn *t)
     if (!t)
         return;
     mdb_txn_abort(t->txn);
+    if (t->model_dim && t->store->dim) {
+        /* Re-read what is committed: the model bound here is gone. */
+        MDB_txn *r;
+        if (cmr_store_read_begin(t->store, &r) == 0) {
+            uint64_t dim = 0;
+            cmr_meta_get_u64(r, t->store, "dim", &dim);
+            if (!dim) {
+                t->store->dim = 0;
+                t->store->model_name[0] = t->store->model_hash[0] = t->store->model_id[0] = '\0';
+            }
+            mdb_txn_abort(r);
+        }
+    }
     free(t);
 }
 
@@ -542,11 +579,16 @@ static int load_case(cmr_store *s, MDB_txn *txn, uint64_t id, cmr_case **out)
     return cmr_record_decode(v.mv_data, v.mv_size, id, out);
 }
 
-int cmr_txn_put(cmr_txn *t, const cmr_case *in, const float *image, const float *text,
-                uint64_t *out_id)
+int cmr_txn_put(cmr_txn *t, const cmr_case *in, const float *image, const float *text, uint64_t *out_id)
+{
+    return cmr_txn_put_ex(t, in, image, text, out_id, NULL);
+}
+
+int cmr_txn_put_ex(cmr_txn *t, const cmr_case *in, const float *image, const float *text,
+                   uint64_t *out_id, int *replaced)
 {
     cmr_store *s = t->store;
-    int rc = cmr_case_validate(in);
+    int rc = cmr_case_check(in);
     if (rc)
         return rc;
     if ((image || text) && !s->dim)
@@ -571,6 +613,8 @@ int cmr_txn_put(cmr_txn *t, const cmr_case *in, const float *image, const float 
     MDB_val uk = key_str(in->study_uid), uv;
     uint64_t id;
     rc = mdb_get(t->txn, s->dbi_uid, &uk, &uv);
+    if (replaced)
+        *replaced = rc == 0;
     if (rc == 0) {
         id = cmr_be64_get(uv.mv_data);
         if ((rc = load_case(s, t->txn, id, &old)) || (rc = unlink_case(t, id, old)))

@@ -74,6 +74,9 @@ struct cmr_txn {
     uint64_t next_id;
     uint64_t next_dict;
     bool changed;
+    /* A model bound in this transaction, applied to the handle on commit. */
+    char model_name[64], model_hash[96];
+    unsigned model_dim;
 };
 
 /* Big-endian keys keep LMDB's byte order equal to numeric order. */
@@ -99,7 +102,6 @@ int cmr_meta_put_u64(MDB_txn *txn, const cmr_store *s, const char *key, uint64_t
 /* records (record.c) */
 int cmr_record_encode(const cmr_case *c, uint8_t **out, size_t *len);
 int cmr_record_decode(const void *data, size_t len, uint64_t id, cmr_case **out);
-int cmr_case_validate(const cmr_case *c);
 void cmr_case_facet(const cmr_case *c, cmr_facet *f); /* date, age, sex only */
 
 /* vectors */
