@@ -13,7 +13,7 @@ demo=build/demo
 rm -rf "$demo"
 mkdir -p "$demo/vectors"
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }; else say() { printf '\n== %s\n' "$*"; }; fi
 
 say "Generating 20,000 synthetic cases (vectors + manifest)"
 build/bench/cmr-synth-vectors --out "$demo/vectors" --n 20000 --seed 7
