@@ -18,6 +18,7 @@ typedef struct command {
 
 static const command commands[] = {
     {"init", cmr_cmd_init, "create a store"},
+    {"index", cmr_cmd_index, "ingest archive folders of DICOM studies and reports"},
     {"import", cmr_cmd_import, "bring vectors computed elsewhere into a store"},
     {"search", cmr_cmd_search, "find the cases most similar to a case or a vector"},
     {"show", cmr_cmd_show, "print one case"},

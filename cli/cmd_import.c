@@ -23,13 +23,13 @@ static const char usage[] =
     "  --json           print the outcome as one JSON document\n";
 
 typedef struct import_job {
-    cmr_manifest manifest;
+    cmr_import_manifest manifest;
     cmr_npy vectors[CMR_NSPACES];
     size_t n_existing; /* cases whose study is already in the store */
 } import_job;
 
 /* The row-level check of a vector file, with the case it belongs to named. */
-static int check_vectors(const cmr_manifest *m, cmr_space space, const cmr_npy *v)
+static int check_vectors(const cmr_import_manifest *m, cmr_space space, const cmr_npy *v)
 {
     const char *path = m->vector_path[space], *space_name = cmr_space_name(space);
     if (v->ndim != 2)
@@ -59,7 +59,7 @@ static int check_vectors(const cmr_manifest *m, cmr_space space, const cmr_npy *
 
 static int load_inputs(const char *manifest_path, import_job *job)
 {
-    int rc = cmr_manifest_load(manifest_path, &job->manifest);
+    int rc = cmr_import_manifest_load(manifest_path, &job->manifest);
     if (rc)
         return rc;
     for (int s = 0; s < CMR_NSPACES; s++) {
@@ -73,7 +73,7 @@ static int load_inputs(const char *manifest_path, import_job *job)
 }
 
 /* The store's model must be the manifest's; a store without one takes it. */
-static int check_model(cmr_store *store, const cmr_manifest *m, int *needs_set)
+static int check_model(cmr_store *store, const cmr_import_manifest *m, int *needs_set)
 {
     const char *name, *hash;
     unsigned dim;
@@ -93,7 +93,7 @@ static int check_model(cmr_store *store, const cmr_manifest *m, int *needs_set)
  * for --dry-run; a real import counts what its transaction did. */
 static int prepare_cases(cmr_store *store, import_job *job)
 {
-    cmr_manifest *m = &job->manifest;
+    cmr_import_manifest *m = &job->manifest;
     job->n_existing = 0;
     for (size_t i = 0; i < m->n_cases; i++) {
         cmr_import_case *ic = &m->cases[i];
@@ -116,7 +116,7 @@ static int prepare_cases(cmr_store *store, import_job *job)
 
 static int write_cases(cmr_cli *cli, cmr_store *store, import_job *job, int needs_model)
 {
-    cmr_manifest *m = &job->manifest;
+    cmr_import_manifest *m = &job->manifest;
     cmr_txn *txn = NULL;
     int rc = cmr_txn_begin(store, &txn);
     if (rc)
@@ -151,7 +151,7 @@ fail:
 
 static int report(cmr_cli *cli, const char *db, const import_job *job, int dry_run)
 {
-    const cmr_manifest *m = &job->manifest;
+    const cmr_import_manifest *m = &job->manifest;
     size_t updated = job->n_existing, inserted = m->n_cases - job->n_existing;
     if (cli->json) {
         json_t *spaces = json_array();
@@ -235,6 +235,6 @@ done:
     }
     for (int s = 0; s < CMR_NSPACES; s++)
         cmr_npy_free(&job.vectors[s]);
-    cmr_manifest_free(&job.manifest);
+    cmr_import_manifest_free(&job.manifest);
     return rc;
 }

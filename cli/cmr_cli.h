@@ -74,6 +74,7 @@ int cmr_cli_print_json(cmr_cli *cli, json_t *doc);
 /* ---- commands (argv[0] is the command name) ------------------------------ */
 
 int cmr_cmd_init(cmr_cli *cli, int argc, char **argv);
+int cmr_cmd_index(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_import(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_search(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_show(cmr_cli *cli, int argc, char **argv);
@@ -121,7 +122,7 @@ typedef struct cmr_import_case {
     const char **sources;
 } cmr_import_case;
 
-typedef struct cmr_manifest {
+typedef struct cmr_import_manifest {
     char *path;
     char *dir;              /* directory that relative vector paths start from */
     json_t *root;           /* owns every string the cases point to */
@@ -130,15 +131,15 @@ typedef struct cmr_manifest {
     char *vector_path[CMR_NSPACES]; /* resolved; NULL when absent */
     size_t n_cases;
     cmr_import_case *cases;
-} cmr_manifest;
+} cmr_import_manifest;
 
 /* Read and check a manifest: structure, every field of every case, duplicate
  * Study Instance UIDs and rows.  Messages name the file, case and row. */
-int cmr_manifest_load(const char *path, cmr_manifest *out);
+int cmr_import_manifest_load(const char *path, cmr_import_manifest *out);
 /* The same from JSON text; relative vector paths start from dir. */
-int cmr_manifest_parse(const char *name, const char *dir, const char *json_text,
-                       cmr_manifest *out);
-void cmr_manifest_free(cmr_manifest *m);
+int cmr_import_manifest_parse(const char *name, const char *dir, const char *json_text,
+                       cmr_import_manifest *out);
+void cmr_import_manifest_free(cmr_import_manifest *m);
 
 /* ---- --where expressions ----------------------------------------------------- */
 

@@ -321,7 +321,7 @@ static int compare_uid(const void *a, const void *b)
 }
 
 /* Two cases with one study would make the second silently replace the first. */
-static int check_duplicates(const char *file, cmr_manifest *m)
+static int check_duplicates(const char *file, cmr_import_manifest *m)
 {
     size_t n = m->n_cases;
     if (n < 2)
@@ -371,7 +371,7 @@ done:
     return rc;
 }
 
-static int parse_model(const char *file, json_t *root, cmr_manifest *m)
+static int parse_model(const char *file, json_t *root, cmr_import_manifest *m)
 {
     place p = {file, -1, -1};
     json_t *model = json_object_get(root, "model");
@@ -418,7 +418,7 @@ static int resolve_path(const char *file, const char *dir, json_t *root, const c
     return 0;
 }
 
-int cmr_manifest_parse(const char *name, const char *dir, const char *json_text, cmr_manifest *m)
+int cmr_import_manifest_parse(const char *name, const char *dir, const char *json_text, cmr_import_manifest *m)
 {
     memset(m, 0, sizeof *m);
     place p = {name, -1, -1};
@@ -475,11 +475,11 @@ int cmr_manifest_parse(const char *name, const char *dir, const char *json_text,
         goto fail;
     return 0;
 fail:
-    cmr_manifest_free(m);
+    cmr_import_manifest_free(m);
     return rc;
 }
 
-int cmr_manifest_load(const char *path, cmr_manifest *m)
+int cmr_import_manifest_load(const char *path, cmr_import_manifest *m)
 {
     memset(m, 0, sizeof *m);
     FILE *f = fopen(path, "rb");
@@ -524,7 +524,7 @@ int cmr_manifest_load(const char *path, cmr_manifest *m)
         dir[1] = '\0';
     else
         *slash = '\0';
-    rc = cmr_manifest_parse(path, dir, text, m);
+    rc = cmr_import_manifest_parse(path, dir, text, m);
     free(dir);
 done:
     free(text);
@@ -532,7 +532,7 @@ done:
     return rc;
 }
 
-void cmr_manifest_free(cmr_manifest *m)
+void cmr_import_manifest_free(cmr_import_manifest *m)
 {
     if (!m)
         return;

@@ -92,6 +92,8 @@ typedef struct cmr_case {
     size_t n_sources;
     const char *const *sources; /* source paths (study folder, files) */
     int64_t ingest_time;      /* unix seconds; 0 on input means "now" */
+    uint8_t fingerprint[32];  /* of the source files (ingest's "unchanged" test) */
+    int has_fingerprint;
     const char *model_id;     /* output: the model that embedded the vectors */
     uint64_t generation;      /* output: store generation of the last write */
     uint32_t vectors;         /* output: bit (1 << space) set for each stored vector */

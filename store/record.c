@@ -29,6 +29,7 @@ enum {
     TAG_MODEL_ID = 16,
     TAG_GENERATION = 17,
     TAG_VECTORS = 18,
+    TAG_FINGERPRINT = 19,
 };
 
 static const char *const view_names[CMR_VIEW_COUNT_] = {
@@ -250,6 +251,8 @@ int cmr_record_encode(const cmr_case *c, uint8_t **out, size_t *len)
     put_str(&b, TAG_MODEL_ID, c->model_id);
     put_le(&b, TAG_GENERATION, c->generation, 8);
     put_le(&b, TAG_VECTORS, c->vectors, 4);
+    if (c->has_fingerprint)
+        put_field(&b, TAG_FINGERPRINT, c->fingerprint, sizeof c->fingerprint);
     if (b.failed) {
         free(b.p);
         return cmr_fail(CMR_ENOMEM, "out of memory encoding case %s", c->study_uid);
@@ -365,7 +368,8 @@ int cmr_record_decode(const void *data, size_t len, uint64_t id, cmr_case **out)
             bytes += n + 1;
             break;
         case TAG_PATIENT_KEY:
-            if (n != CMR_PATIENT_KEY_BYTES)
+        case TAG_FINGERPRINT:
+            if (n != 32)
                 more = -1;
             break;
         default: break;
@@ -415,6 +419,10 @@ int cmr_record_decode(const void *data, size_t len, uint64_t id, cmr_case **out)
         case TAG_MODEL_ID: c->model_id = arena_str(&a, &v); break;
         case TAG_GENERATION: c->generation = get_le(&v); break;
         case TAG_VECTORS: c->vectors = (uint32_t)get_le(&v); break;
+        case TAG_FINGERPRINT:
+            memcpy(c->fingerprint, v.p, sizeof c->fingerprint);
+            c->has_fingerprint = 1;
+            break;
         default: break; /* a field from a later minor version */
         }
     }

@@ -144,6 +144,9 @@ static void test_round_trip_and_normalisation(void **state)
     c.n_sources = 2;
     c.impression_source = "/archive/b.xml";
     c.scanner_model = "Avanto";
+    for (int i = 0; i < 32; i++)
+        c.fingerprint[i] = (uint8_t)(i * 7 + 1);
+    c.has_fingerprint = 1;
     float img[DIM];
     for (int i = 0; i < DIM; i++)
         img[i] = (float)(i + 1);
@@ -176,6 +179,8 @@ static void test_round_trip_and_normalisation(void **state)
     assert_string_equal(got->model_id, "test-model@sha256:abcdef");
     assert_int_equal(got->vectors, 1u << CMR_SPACE_IMAGE);
     assert_true(got->ingest_time > 1700000000);
+    assert_true(got->has_fingerprint);
+    assert_memory_equal(got->fingerprint, c.fingerprint, 32);
     cmr_case_free(got);
 
     float back[DIM];

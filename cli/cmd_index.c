@@ -1,0 +1,144 @@
+/* cmrsearch index: ingest archive folders of DICOM studies and reports. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmr_cli.h"
+#include "cmr_ingest.h"
+
+static const char usage[] =
+    "usage: cmrsearch index --db DIR [--manifest FILE] [--cda-schema XSD] [--threads N]\n"
+    "                       [--force] [--json] ARCHIVE...\n"
+    "\n"
+    "Reads every DICOM study under the ARCHIVE folders (any depth, any file\n"
+    "names), labels each series (cine SAX / 2ch / 3ch / 4ch, LGE SAX / 2ch /\n"
+    "3ch / 4ch, or other, with the reason), links reports (HL7 CDA, plain text\n"
+    "with an IMPRESSION heading, DICOM SR) by Study Instance UID, accession\n"
+    "number, manifest or folder, and stores one case per study.  Patient IDs\n"
+    "become keyed hashes; names and other identifying tags are not copied.\n"
+    "Re-running skips studies whose files and reports are unchanged.\n"
+    "\n"
+    "Until a model is installed, cases are stored without vectors (shown as\n"
+    "such by 'show'); searches ignore them until they are embedded.\n"
+    "\n"
+    "  --manifest FILE   archive manifest linking studies and reports\n"
+    "                    (schema/archive-manifest.xsd)\n"
+    "  --cda-schema XSD  validate CDA reports against this schema; problems are\n"
+    "                    listed, the report is still read\n"
+    "  --threads N       header-reading threads (default: all CPUs)\n"
+    "  --force           re-ingest unchanged studies too\n"
+    "  --json            print the run summary as one JSON document\n";
+
+static json_t *string_array(char *const *items, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(a, json_string(items[i]));
+    return a;
+}
+
+static int print_summary(cmr_cli *cli, const char *db, const cmr_ingest_summary *s)
+{
+    if (cli->json) {
+        json_t *labels = json_object(), *skips = json_array();
+        for (int l = 0; l < CMR_SERIES_LABEL_COUNT_; l++)
+            json_object_set_new(labels, cmr_series_label_name((cmr_series_label)l),
+                                json_integer((json_int_t)s->series_by_label[l]));
+        for (size_t i = 0; i < s->n_skips; i++)
+            json_array_append_new(skips, json_pack("{s:s, s:s}", "what", s->skips[i].what, "reason",
+                                                   s->skips[i].reason));
+        json_t *doc = json_pack(
+            "{s:s, s:{s:I, s:I, s:I}, s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:o, s:{s:I, s:I, s:I, s:I}, s:o, s:o}",
+            "db", db, "files", "seen", (json_int_t)s->files_seen, "dicom", (json_int_t)s->dicom_files,
+            "not_dicom", (json_int_t)s->non_dicom_files, "studies", "found", (json_int_t)s->studies_found,
+            "new", (json_int_t)s->studies_new, "updated", (json_int_t)s->studies_updated, "unchanged",
+            (json_int_t)s->studies_unchanged, "skipped", (json_int_t)s->studies_skipped, "without_vectors",
+            (json_int_t)s->studies_without_vectors, "without_impression",
+            (json_int_t)s->studies_without_impression, "series", labels, "reports", "found",
+            (json_int_t)s->reports_found, "linked", (json_int_t)s->reports_linked, "unreadable",
+            (json_int_t)s->reports_unreadable, "unlinked", (json_int_t)s->reports_unlinked, "skipped", skips,
+            "issues", string_array(s->issues, s->n_issues));
+        return cmr_cli_print_json(cli, doc);
+    }
+    FILE *o = cli->out;
+    fprintf(o, "index %s\n", db);
+    fprintf(o, "  files     %zu seen, %zu DICOM, %zu other\n", s->files_seen, s->dicom_files, s->non_dicom_files);
+    fprintf(o, "  studies   %zu found: %zu new, %zu updated, %zu unchanged, %zu skipped\n", s->studies_found,
+            s->studies_new, s->studies_updated, s->studies_unchanged, s->studies_skipped);
+    if (s->studies_without_vectors)
+        fprintf(o, "            %zu stored without vectors (no model installed)\n", s->studies_without_vectors);
+    fprintf(o, "  series   ");
+    for (int l = 1; l < CMR_SERIES_LABEL_COUNT_; l++)
+        if (s->series_by_label[l])
+            fprintf(o, " %s %zu,", cmr_series_label_name((cmr_series_label)l), s->series_by_label[l]);
+    fprintf(o, " other %zu\n", s->series_by_label[CMR_SERIES_OTHER]);
+    fprintf(o, "  reports   %zu found: %zu linked, %zu unlinked, %zu unreadable; %zu studies without an impression\n",
+            s->reports_found, s->reports_linked, s->reports_unlinked, s->reports_unreadable,
+            s->studies_without_impression);
+    if (s->n_skips) {
+        fprintf(o, "skipped (%zu):\n", s->n_skips);
+        for (size_t i = 0; i < s->n_skips; i++)
+            fprintf(o, "  %s: %s\n", s->skips[i].what, s->skips[i].reason);
+    }
+    if (s->n_issues) {
+        fprintf(o, "notes (%zu):\n", s->n_issues);
+        for (size_t i = 0; i < s->n_issues; i++)
+            fprintf(o, "  %s\n", s->issues[i]);
+    }
+    return 0;
+}
+
+static void on_progress(void *user, const char *phase, size_t done, size_t total)
+{
+    cmr_cli_progress(user, phase, done, total);
+}
+
+int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
+{
+    const char *db = NULL, *manifest = NULL, *cda_schema = NULL, *threads_text = NULL;
+    int force = 0, help = 0;
+    const cmr_cli_option options[] = {
+        {"db", 0, &db, NULL},
+        {"manifest", 0, &manifest, NULL},
+        {"cda-schema", 0, &cda_schema, NULL},
+        {"threads", 0, &threads_text, NULL},
+        {"force", 0, NULL, &force},
+        {"json", 0, NULL, &cli->json},
+    };
+    enum { MAX_ROOTS = 256 };
+    const char *roots[MAX_ROOTS];
+    size_t n_roots;
+    int rc = cmr_cli_parse_options(argc, argv, options, sizeof options / sizeof *options, roots, MAX_ROOTS,
+                                   &n_roots, &help);
+    if (rc)
+        return rc;
+    if (help) {
+        fputs(usage, cli->out);
+        return 0;
+    }
+    if (!n_roots)
+        return cmr_fail(CMR_EINVAL, "name at least one ARCHIVE folder (see 'cmrsearch index --help')");
+    uint64_t threads = 0;
+    if (threads_text && (rc = cmr_cli_parse_u64("--threads", threads_text, 1, 64, &threads)))
+        return rc;
+    cmr_store *store;
+    if ((rc = cmr_cli_open_store(cli, db, 0, &store)))
+        return rc;
+    cmr_store_set_progress(store, cmr_cli_progress, cli);
+    cmr_ingest_options opts = {
+        .threads = (unsigned)threads,
+        .manifest_path = manifest,
+        .cda_schema_path = cda_schema,
+        .force = force,
+        .progress = on_progress,
+        .progress_user = cli,
+    };
+    cmr_ingest_summary *summary = NULL;
+    rc = cmr_ingest(store, roots, n_roots, &opts, &summary);
+    if (rc == 0)
+        rc = cmr_store_flush(store);
+    if (rc == 0)
+        rc = print_summary(cli, db, summary);
+    cmr_ingest_summary_free(summary);
+    int close_rc = cmr_store_close(store);
+    return rc ? rc : close_rc;
+}

@@ -1,0 +1,289 @@
+// The phantom's only C++: DCMTK behind the C interface of dicom_writer.h.
+#include "dicom_writer.h"
+
+#include <cstdarg>
+#include <cstdio>
+#include <new>
+#include <vector>
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dctk.h>
+#include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
+#include <dcmtk/dcmdata/dcrleerg.h>
+#include <dcmtk/dcmdata/dcrledrg.h>
+#include <dcmtk/dcmjpeg/djdecode.h>
+#include <dcmtk/dcmjpeg/djencode.h>
+#include <dcmtk/dcmjpeg/djrplol.h>
+#include <dcmtk/dcmjpls/djdecode.h>
+#include <dcmtk/dcmjpls/djencode.h>
+#include <dcmtk/dcmjpls/djrparam.h>
+#include <dcmtk/oflog/oflog.h>
+
+#include "cmr_error.h"
+
+const char *const cmr_dcm_ts_name[CMR_TS_COUNT] = {"explicit-le", "implicit-le", "jpeg-lossless", "jpeg-ls-lossless",
+                                                   "rle"};
+
+struct cmr_dcm {
+    DcmFileFormat file;
+    std::vector<DcmItem *> items;          // innermost last
+    std::vector<DcmSequenceOfItems *> seqs; // innermost last
+};
+
+static int g_inited;
+
+extern "C" int cmr_dcm_global_init(void)
+{
+    if (g_inited)
+        return 0;
+    /* The JPEG encoder logs an informational line per image otherwise. */
+    OFLog::configure(OFLogger::WARN_LOG_LEVEL);
+    if (!dcmDataDict.isDictionaryLoaded())
+        return cmr_fail(CMR_EIO, "DCMTK data dictionary not loaded (set DCMDICTPATH)");
+    DJEncoderRegistration::registerCodecs();
+    DJDecoderRegistration::registerCodecs();
+    DJLSEncoderRegistration::registerCodecs();
+    DJLSDecoderRegistration::registerCodecs();
+    DcmRLEEncoderRegistration::registerCodecs();
+    DcmRLEDecoderRegistration::registerCodecs();
+    g_inited = 1;
+    return 0;
+}
+
+extern "C" void cmr_dcm_global_cleanup(void)
+{
+    if (!g_inited)
+        return;
+    DJEncoderRegistration::cleanup();
+    DJDecoderRegistration::cleanup();
+    DJLSEncoderRegistration::cleanup();
+    DJLSDecoderRegistration::cleanup();
+    DcmRLEEncoderRegistration::cleanup();
+    DcmRLEDecoderRegistration::cleanup();
+    g_inited = 0;
+}
+
+extern "C" int cmr_dcm_new(cmr_dcm **out)
+{
+    *out = nullptr;
+    cmr_dcm *d = new (std::nothrow) cmr_dcm;
+    if (!d)
+        return cmr_fail(CMR_ENOMEM, "out of memory creating a DICOM dataset");
+    d->items.push_back(d->file.getDataset());
+    *out = d;
+    return 0;
+}
+
+extern "C" void cmr_dcm_free(cmr_dcm *d) { delete d; }
+
+static DcmTagKey key_of(uint32_t tag) { return DcmTagKey((Uint16)(tag >> 16), (Uint16)(tag & 0xffff)); }
+
+extern "C" int cmr_dcm_put(cmr_dcm *d, uint32_t tag, const char *value)
+{
+    OFCondition c = d->items.back()->putAndInsertString(DcmTag(key_of(tag)), value ? value : "");
+    if (c.bad())
+        return cmr_fail(CMR_EINVAL, "DICOM (%04x,%04x) = \"%s\": %s", tag >> 16, tag & 0xffff, value ? value : "",
+                        c.text());
+    return 0;
+}
+
+extern "C" int cmr_dcm_putf(cmr_dcm *d, uint32_t tag, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof buf)
+        return cmr_fail(CMR_EINVAL, "DICOM (%04x,%04x): value too long", tag >> 16, tag & 0xffff);
+    return cmr_dcm_put(d, tag, buf);
+}
+
+extern "C" int cmr_dcm_seq_begin(cmr_dcm *d, uint32_t tag)
+{
+    DcmSequenceOfItems *s = new (std::nothrow) DcmSequenceOfItems(DcmTag(key_of(tag)));
+    if (!s)
+        return cmr_fail(CMR_ENOMEM, "out of memory");
+    OFCondition c = d->items.back()->insert(s, OFTrue);
+    if (c.bad()) {
+        delete s;
+        return cmr_fail(CMR_EINVAL, "DICOM sequence (%04x,%04x): %s", tag >> 16, tag & 0xffff, c.text());
+    }
+    d->seqs.push_back(s);
+    return 0;
+}
+
+extern "C" int cmr_dcm_item_begin(cmr_dcm *d)
+{
+    if (d->seqs.empty())
+        return cmr_fail(CMR_EINVAL, "DICOM item outside a sequence");
+    DcmItem *it = new (std::nothrow) DcmItem;
+    if (!it)
+        return cmr_fail(CMR_ENOMEM, "out of memory");
+    d->seqs.back()->append(it);
+    d->items.push_back(it);
+    return 0;
+}
+
+extern "C" int cmr_dcm_item_end(cmr_dcm *d)
+{
+    if (d->items.size() <= 1)
+        return cmr_fail(CMR_EINVAL, "DICOM item_end without item_begin");
+    d->items.pop_back();
+    return 0;
+}
+
+extern "C" int cmr_dcm_seq_end(cmr_dcm *d)
+{
+    if (d->seqs.empty())
+        return cmr_fail(CMR_EINVAL, "DICOM seq_end without seq_begin");
+    d->seqs.pop_back();
+    return 0;
+}
+
+extern "C" int cmr_dcm_pixels16(cmr_dcm *d, const uint16_t *px, size_t count)
+{
+    OFCondition c = d->file.getDataset()->putAndInsertUint16Array(DCM_PixelData, px, (unsigned long)count);
+    if (c.bad())
+        return cmr_fail(CMR_EINVAL, "DICOM pixel data: %s", c.text());
+    return 0;
+}
+
+/* DCMTK 3.6.7 pads odd-length JPEG-LS fragments after the EOI marker with
+ * an uninitialised byte, so identical images gave different files from run
+ * to run.  Zero it: archives must be byte-identical for a seed. */
+static void zero_fragment_pads(DcmDataset *ds, E_TransferSyntax xfer, const DcmRepresentationParameter *rp)
+{
+    DcmElement *el = nullptr;
+    if (ds->findAndGetElement(DCM_PixelData, el).bad() || !el)
+        return;
+    DcmPixelData *pd = OFstatic_cast(DcmPixelData *, el);
+    DcmPixelSequence *seq = nullptr;
+    if (pd->getEncapsulatedRepresentation(xfer, rp, seq).bad() || !seq)
+        return;
+    for (unsigned long i = 1; i < seq->card(); i++) {
+        DcmPixelItem *item = nullptr;
+        Uint8 *data = nullptr;
+        if (seq->getItem(item, i).bad() || !item || item->getUint8Array(data).bad() || !data)
+            continue;
+        Uint32 len = item->getLength();
+        if (len % 2 == 1) {
+            std::vector<Uint8> buf(data, data + len);
+            buf.push_back(0);
+            item->putUint8Array(buf.data(), len + 1);
+        } else if (len >= 3 && data[len - 3] == 0xff && data[len - 2] == 0xd9) {
+            data[len - 1] = 0;
+        }
+    }
+}
+
+extern "C" int cmr_dcm_save(cmr_dcm *d, const char *path, int ts, size_t *bytes)
+{
+    DcmDataset *ds = d->file.getDataset();
+    E_TransferSyntax xfer = EXS_LittleEndianExplicit;
+    OFCondition c = EC_Normal;
+    DJ_RPLossless rp_jpeg(6, 0);
+    DJLSRepresentationParameter rp_jls(2, OFTrue);
+    const DcmRepresentationParameter *rp = nullptr;
+    switch (ts) {
+    case CMR_TS_EXPLICIT_LE:
+        break;
+    case CMR_TS_IMPLICIT_LE:
+        xfer = EXS_LittleEndianImplicit;
+        break;
+    case CMR_TS_JPEG_LOSSLESS: {
+        xfer = EXS_JPEGProcess14SV1;
+        rp = &rp_jpeg;
+        c = ds->chooseRepresentation(xfer, rp);
+        break;
+    }
+    case CMR_TS_JPEGLS_LOSSLESS: {
+        xfer = EXS_JPEGLSLossless;
+        rp = &rp_jls;
+        c = ds->chooseRepresentation(xfer, rp);
+        break;
+    }
+    case CMR_TS_RLE:
+        xfer = EXS_RLELossless;
+        c = ds->chooseRepresentation(xfer, nullptr);
+        break;
+    default:
+        return cmr_fail(CMR_EINVAL, "%s: unknown transfer syntax %d", path, ts);
+    }
+    if (c.bad() || !ds->canWriteXfer(xfer))
+        return cmr_fail(CMR_EFORMAT, "%s: cannot encode as %s: %s", path, cmr_dcm_ts_name[ts], c.text());
+    if (ts == CMR_TS_JPEGLS_LOSSLESS || ts == CMR_TS_JPEG_LOSSLESS)
+        zero_fragment_pads(ds, xfer, rp);
+    c = d->file.saveFile(path, xfer, EET_ExplicitLength, EGL_recalcGL, EPD_noChange, 0, 0, EWM_createNewMeta);
+    if (c.bad())
+        return cmr_fail(CMR_EIO, "%s: %s", path, c.text());
+    if (bytes) {
+        FILE *f = fopen(path, "rb");
+        *bytes = 0;
+        if (f) {
+            fseek(f, 0, SEEK_END);
+            long n = ftell(f);
+            *bytes = n > 0 ? (size_t)n : 0;
+            fclose(f);
+        }
+    }
+    return 0;
+}
+
+extern "C" int cmr_dcm_load(const char *path, cmr_dcm **out)
+{
+    int rc = cmr_dcm_new(out);
+    if (rc)
+        return rc;
+    OFCondition c = (*out)->file.loadFile(path);
+    if (c.bad()) {
+        cmr_dcm_free(*out);
+        *out = nullptr;
+        return cmr_fail(CMR_EFORMAT, "%s: %s", path, c.text());
+    }
+    return 0;
+}
+
+extern "C" int cmr_dcm_get(cmr_dcm *d, uint32_t tag, char *buf, size_t n)
+{
+    OFString s;
+    OFCondition c = d->file.getDataset()->findAndGetOFStringArray(key_of(tag), s);
+    if (c.bad())
+        c = d->file.getMetaInfo()->findAndGetOFStringArray(key_of(tag), s);
+    if (c.bad())
+        return CMR_ENOTFOUND;
+    snprintf(buf, n, "%s", s.c_str());
+    return 0;
+}
+
+extern "C" int cmr_dcm_find(cmr_dcm *d, uint32_t tag, char *buf, size_t n)
+{
+    OFString s;
+    OFCondition c = d->file.getDataset()->findAndGetOFStringArray(key_of(tag), s, OFTrue);
+    if (c.bad())
+        return CMR_ENOTFOUND;
+    snprintf(buf, n, "%s", s.c_str());
+    return 0;
+}
+
+extern "C" int cmr_dcm_get_pixels16(cmr_dcm *d, const uint16_t **px, size_t *count)
+{
+    DcmDataset *ds = d->file.getDataset();
+    OFCondition c = ds->chooseRepresentation(EXS_LittleEndianExplicit, nullptr);
+    if (c.bad())
+        return cmr_fail(CMR_EFORMAT, "cannot decompress pixel data: %s", c.text());
+    const Uint16 *p = nullptr;
+    unsigned long cnt = 0;
+    c = ds->findAndGetUint16Array(DCM_PixelData, p, &cnt);
+    if (c.bad())
+        return cmr_fail(CMR_EFORMAT, "no 16-bit pixel data: %s", c.text());
+    *px = p;
+    *count = cnt;
+    return 0;
+}
+
+extern "C" int cmr_dcm_get_ts(cmr_dcm *d, char *buf, size_t n)
+{
+    return cmr_dcm_get(d, CMR_TAG(0x0002, 0x0010), buf, n);
+}

@@ -1,0 +1,289 @@
+#include "render.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmr_error.h"
+
+enum {
+    B_AIR,
+    B_SUBFAT,
+    B_MUSCLE,
+    B_LUNG,
+    B_LIVER,
+    B_SPLEEN,
+    B_GAS,
+    B_MARROW,
+    B_CSF,
+    B_AORTA,
+    B_MEDIAST,
+    B_COUNT
+};
+
+/* Relative signal per tissue and contrast; heart classes then body classes. */
+static const float heart_tab[CMR_C_COUNT][CMR_T_COUNT_HEART] = {
+    /*            blood blood2 myo   scar  fat   fluid peri  wall */
+    [CMR_C_CINE] = {1.00f, 0.92f, 0.21f, 0.21f, 0.80f, 1.05f, 0.05f, 0.30f},
+    [CMR_C_LGE] = {0.40f, 0.37f, 0.025f, 1.00f, 0.50f, 0.10f, 0.35f, 0.18f},
+    [CMR_C_PSIR] = {0.35f, 0.33f, 0.00f, 1.00f, 0.45f, -0.45f, 0.30f, 0.10f},
+    [CMR_C_STIR] = {0.03f, 0.03f, 0.26f, 0.62f, 0.06f, 0.90f, 0.10f, 0.15f},
+    [CMR_C_LOC] = {0.85f, 0.80f, 0.25f, 0.25f, 0.75f, 0.90f, 0.10f, 0.30f},
+};
+static const float body_tab[CMR_C_COUNT][B_COUNT] = {
+    /*           air  subfat muscle lung  liver spleen gas  marrow csf  aorta mediast */
+    [CMR_C_CINE] = {0.0f, 0.78f, 0.18f, 0.035f, 0.28f, 0.36f, 0.02f, 0.50f, 0.95f, 0.90f, 0.40f},
+    [CMR_C_LGE] = {0.0f, 0.55f, 0.07f, 0.025f, 0.26f, 0.33f, 0.02f, 0.30f, 0.06f, 0.40f, 0.45f},
+    [CMR_C_PSIR] = {0.0f, 0.45f, -0.25f, -0.10f, 0.05f, 0.12f, 0.0f, 0.20f, -0.8f, 0.35f, 0.38f},
+    [CMR_C_STIR] = {0.0f, 0.05f, 0.18f, 0.04f, 0.22f, 0.45f, 0.0f, 0.18f, 0.90f, 0.04f, 0.07f},
+    [CMR_C_LOC] = {0.0f, 0.70f, 0.22f, 0.05f, 0.30f, 0.35f, 0.02f, 0.45f, 0.85f, 0.85f, 0.60f},
+};
+
+static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+static inline float alpha_of(float d, float soft) { return clampf(0.5f - d / soft, 0.f, 1.f); }
+static inline float paint(float I, float a, float v) { return I + a * (v - I); }
+
+void cmr_body_draw(cmr_rng *r, double bs, const cmr_heart_params *hp, cmr_body *b)
+{
+    b->ax = cmr_rng_range(r, 150, 175) * bs;
+    b->ay = cmr_rng_range(r, 100, 120) * bs;
+    b->subfat_mm = cmr_rng_range(r, 6, 26) * bs;
+    b->muscle_mm = cmr_rng_range(r, 9, 14);
+    b->z_dome = hp->origin[2] - 0.64 * hp->L_ed - cmr_rng_range(r, 8, 18);
+    b->liver_lift = cmr_rng_range(r, 10, 25);
+    b->spine_y = b->ay - cmr_rng_range(r, 38, 46);
+    b->aorta_x = cmr_rng_range(r, 18, 28);
+    b->aorta_y = b->spine_y - cmr_rng_range(r, 16, 22);
+}
+
+static inline float ellipse_d(float x, float y, float ax, float ay)
+{
+    float e = sqrtf((x / ax) * (x / ax) + (y / ay) * (y / ay));
+    float len = sqrtf(x * x + y * y);
+    return e > 1e-6f ? len * (1 - 1 / e) : -fminf(ax, ay);
+}
+
+static float body_value(const cmr_body *b, const float *tab, const double p[3], float soft)
+{
+    float x = (float)p[0], y = (float)p[1], z = (float)p[2];
+    float ax = (float)b->ax, ay = (float)b->ay;
+    float d = ellipse_d(x, y, ax, ay);
+    if (d > soft)
+        return tab[B_AIR];
+    float I = tab[B_AIR];
+    I = paint(I, alpha_of(d, soft), tab[B_SUBFAT]);
+    float fat = (float)b->subfat_mm, mus = (float)b->muscle_mm;
+    float d2 = ellipse_d(x, y, ax - fat, ay - fat * 0.8f);
+    I = paint(I, alpha_of(d2, soft), tab[B_MUSCLE]);
+    float d3 = ellipse_d(x, y, ax - fat - mus, ay - (fat * 0.8f + mus));
+    /* The diaphragm domes; the right side (patient right is -x) sits higher. */
+    float zd = (float)b->z_dome - 0.0011f * x * x + (float)b->liver_lift * clampf(-x / 40.f, 0.f, 1.f);
+    float below = alpha_of(z - zd, soft * 2);
+    float inner = alpha_of(d3, soft);
+    if (inner > 0) {
+        float lung = tab[B_LUNG];
+        /* Mediastinum: a band of fat and vessels in front of the spine. */
+        float med = alpha_of(fabsf(x - 5.f) - 18.f, 6.f) * alpha_of(-(y + ay * 0.45f), 8.f);
+        lung = paint(lung, med, tab[B_MEDIAST]);
+        float abd = x < 35 ? tab[B_LIVER] : (y < -10 && z > zd - 40 ? tab[B_GAS] : tab[B_SPLEEN]);
+        float in = paint(lung, below, abd);
+        I = paint(I, inner, in);
+    }
+    float sy = (float)b->spine_y;
+    I = paint(I, alpha_of(sqrtf(x * x + (y - sy) * (y - sy)) - 17.f, soft), tab[B_MARROW]);
+    I = paint(I, alpha_of(sqrtf(x * x + (y - sy - 24) * (y - sy - 24)) - 7.f, soft), tab[B_CSF]);
+    float dx = x - (float)b->aorta_x, dy = y - (float)b->aorta_y;
+    if (z > zd - 200)
+        I = paint(I, alpha_of(sqrtf(dx * dx + dy * dy) - 11.f, soft), tab[B_AORTA]);
+    return I;
+}
+
+void cmr_plane_ipp(const cmr_plane *pl, double ipp[3])
+{
+    for (int i = 0; i < 3; i++)
+        ipp[i] = pl->centre[i] - 0.5 * (pl->cols - 1) * pl->ps * pl->row[i] - 0.5 * (pl->rows - 1) * pl->ps * pl->col[i];
+}
+
+void cmr_plane_normal(const cmr_plane *pl, double n[3])
+{
+    n[0] = pl->row[1] * pl->col[2] - pl->row[2] * pl->col[1];
+    n[1] = pl->row[2] * pl->col[0] - pl->row[0] * pl->col[2];
+    n[2] = pl->row[0] * pl->col[1] - pl->row[1] * pl->col[0];
+}
+
+/* Smooth sensitivity of an anterior and a posterior coil array. */
+static float coil_bias(const cmr_body *b, const double p[3], double amp)
+{
+    double ya = -b->ay - 10, yp = b->ay + 10, s = 1.0 / (2 * 120.0 * 120.0);
+    double x = p[0] - 30;
+    double fa = exp(-((p[1] - ya) * (p[1] - ya) + 0.5 * x * x) * s);
+    double fp = 0.7 * exp(-((p[1] - yp) * (p[1] - yp) + 0.5 * x * x) * s);
+    return (float)(1 - amp + amp * 1.6 * (fa + fp));
+}
+
+int cmr_render(const cmr_scene *sc, const cmr_plane *pl, const cmr_render_opts *o, cmr_rng *r, uint16_t *out,
+               float *buf)
+{
+    if (o->contrast < 0 || o->contrast >= CMR_C_COUNT || pl->rows <= 0 || pl->cols <= 0)
+        return cmr_fail(CMR_EINVAL, "render: bad contrast %d or matrix %dx%d", o->contrast, pl->rows, pl->cols);
+    const cmr_heart *h = sc->heart;
+    const cmr_heart_params *hp = &h->p;
+    float htab[CMR_T_COUNT_HEART];
+    memcpy(htab, heart_tab[o->contrast], sizeof htab);
+    float scar_gain = 0;
+    if (o->contrast == CMR_C_LGE || o->contrast == CMR_C_PSIR) {
+        scar_gain = 1;
+        if (hp->lge_dark_blood) {
+            /* Amyloid: blood nulls before myocardium, myocardium never nulls. */
+            htab[CMR_T_BLOOD] = htab[CMR_T_BLOOD2] = 0.08f;
+            htab[CMR_T_MYO] = 0.30f;
+            htab[CMR_T_SCAR] = 0.80f;
+        }
+    } else if (o->contrast == CMR_C_STIR && hp->edema) {
+        scar_gain = 0.8f;
+    }
+    const float *btab = body_tab[o->contrast];
+    cmr_heart_phase ph;
+    cmr_heart_phase_at(h, o->t, &ph);
+
+    double ipp[3], nrm[3];
+    cmr_plane_ipp(pl, ipp);
+    cmr_plane_normal(pl, nrm);
+    float soft = (float)pl->ps;
+    int ns = o->supersample > 1 ? 2 : 1;
+    double ho[3];
+    for (int i = 0; i < 3; i++)
+        ho[i] = hp->origin[i] + o->shift[i];
+
+    /* The body background varies over centimetres except at its edges, so it
+     * is evaluated on a grid of every other pixel and interpolated; the
+     * heart, where detail matters, is evaluated at every pixel. */
+    int bw = pl->cols / 2 + 2, bh = pl->rows / 2 + 2;
+    float *bg = malloc(sizeof(float) * (size_t)bw * (size_t)bh);
+    if (!bg)
+        return cmr_fail(CMR_ENOMEM, "render: out of memory");
+    for (int gj = 0; gj < bh; gj++)
+        for (int gi = 0; gi < bw; gi++) {
+            double p[3];
+            for (int k = 0; k < 3; k++)
+                p[k] = ipp[k] + 2.0 * gi * pl->ps * pl->row[k] + 2.0 * gj * pl->ps * pl->col[k];
+            bg[(size_t)gj * bw + gi] = body_value(sc->body, btab, p, 2 * soft);
+        }
+    memset(buf, 0, sizeof(float) * (size_t)pl->rows * (size_t)pl->cols);
+    for (int s = 0; s < ns; s++) {
+        double off = ns == 1 ? 0 : (s == 0 ? -0.25 : 0.25) * pl->thick;
+        for (int j = 0; j < pl->rows; j++) {
+            double p[3], q[3], dq[3];
+            for (int k = 0; k < 3; k++)
+                p[k] = ipp[k] + j * pl->ps * pl->col[k] + off * nrm[k];
+            for (int a = 0; a < 3; a++) {
+                q[a] = 0, dq[a] = 0;
+                for (int k = 0; k < 3; k++) {
+                    q[a] += hp->axis[a][k] * (p[k] - ho[k]);
+                    dq[a] += hp->axis[a][k] * pl->row[k] * pl->ps;
+                }
+            }
+            float *row = buf + (size_t)j * pl->cols;
+            const float *b0 = bg + (size_t)(j / 2) * bw, *b1 = b0 + bw;
+            float wj = (j & 1) ? 0.5f : 0.f;
+            for (int i = 0; i < pl->cols; i++) {
+                int gi = i / 2;
+                float wi = (i & 1) ? 0.5f : 0.f;
+                float I = (b0[gi] * (1 - wi) + b0[gi + 1] * wi) * (1 - wj) + (b1[gi] * (1 - wi) + b1[gi + 1] * wi) * wj;
+                if (cmr_heart_inside_box(h, q))
+                    I = cmr_heart_paint(h, &ph, q, I, htab, soft, scar_gain);
+                row[i] += I / ns;
+                for (int k = 0; k < 3; k++)
+                    q[k] += dq[k];
+            }
+        }
+    }
+    free(bg);
+
+    /* Coil bias on a coarse grid, interpolated: it varies over centimetres. */
+    enum { G = 9 };
+    float bias[G][G];
+    for (int gj = 0; gj < G; gj++)
+        for (int gi = 0; gi < G; gi++) {
+            double p[3];
+            double fi = (double)gi / (G - 1) * (pl->cols - 1), fj = (double)gj / (G - 1) * (pl->rows - 1);
+            for (int k = 0; k < 3; k++)
+                p[k] = ipp[k] + fi * pl->ps * pl->row[k] + fj * pl->ps * pl->col[k];
+            bias[gj][gi] = coil_bias(sc->body, p, o->bias_amp);
+        }
+
+    float scale = (float)o->scale, sigma = (float)(o->noise * o->scale), offs = (float)o->offset;
+    float vmax = (float)o->max_value;
+    int signed_img = o->contrast == CMR_C_PSIR;
+    /* Complex noise, smoothed with a [1 2 1] kernel each way: reconstruction
+     * zero-fills a smaller acquired matrix, so real image noise is correlated
+     * between neighbouring pixels.  The kernel scales sigma by 3/8. */
+    size_t npx = (size_t)pl->rows * (size_t)pl->cols;
+    float *nz = malloc(sizeof(float) * npx * 2);
+    if (!nz)
+        return cmr_fail(CMR_ENOMEM, "render: out of memory");
+    float *n1 = nz, *n2 = nz + npx;
+    float ns_sigma = sigma / 0.375f;
+    for (size_t k = 0; k < npx; k++) {
+        n1[k] = ns_sigma * cmr_rng_fast_normal(r);
+        n2[k] = signed_img ? 0 : ns_sigma * cmr_rng_fast_normal(r);
+    }
+    for (int c = 0; c < 2; c++) {
+        float *f = nz + (size_t)c * npx;
+        for (int j = 0; j < pl->rows; j++) {
+            float *row = f + (size_t)j * pl->cols, prev = row[0];
+            for (int i = 0; i < pl->cols; i++) {
+                float cur = row[i], next = i + 1 < pl->cols ? row[i + 1] : cur;
+                row[i] = 0.25f * (prev + 2 * cur + next);
+                prev = cur;
+            }
+        }
+        for (int i = 0; i < pl->cols; i++) {
+            float prev = f[i];
+            for (int j = 0; j < pl->rows; j++) {
+                float cur = f[(size_t)j * pl->cols + i];
+                float next = j + 1 < pl->rows ? f[(size_t)(j + 1) * pl->cols + i] : cur;
+                f[(size_t)j * pl->cols + i] = 0.25f * (prev + 2 * cur + next);
+                prev = cur;
+            }
+        }
+    }
+    for (int j = 0; j < pl->rows; j++) {
+        float fj = (float)j / (pl->rows - 1) * (G - 1);
+        int j0 = (int)fj;
+        if (j0 >= G - 1)
+            j0 = G - 2;
+        float wj = fj - j0;
+        const float *src = buf + (size_t)j * pl->cols;
+        const float *gsrc = NULL;
+        if (o->ghost > 0) {
+            int gj = ((j + o->ghost_rows) % pl->rows + pl->rows) % pl->rows;
+            gsrc = buf + (size_t)gj * pl->cols;
+        }
+        for (int i = 0; i < pl->cols; i++) {
+            float fi = (float)i / (pl->cols - 1) * (G - 1);
+            int i0 = (int)fi;
+            if (i0 >= G - 1)
+                i0 = G - 2;
+            float wi = fi - i0;
+            float b = (bias[j0][i0] * (1 - wi) + bias[j0][i0 + 1] * wi) * (1 - wj) +
+                      (bias[j0 + 1][i0] * (1 - wi) + bias[j0 + 1][i0 + 1] * wi) * wj;
+            float a = src[i];
+            if (gsrc)
+                a += (float)o->ghost * gsrc[i];
+            a *= b * scale;
+            size_t k = (size_t)j * pl->cols + i;
+            float v;
+            if (signed_img) {
+                v = offs + a + n1[k];
+            } else {
+                /* Magnitude images: Rician noise from the complex channels. */
+                v = offs + sqrtf((a + n1[k]) * (a + n1[k]) + n2[k] * n2[k]);
+            }
+            v = clampf(v + 0.5f, 0.f, vmax);
+            out[k] = (uint16_t)v;
+        }
+    }
+    free(nz);
+    return 0;
+}

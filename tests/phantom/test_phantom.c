@@ -1,0 +1,233 @@
+/* Unit tests of the phantom's parts: PRNG, UIDs, the heart model's
+ * diagnosis signatures, LGE where the parameters put it, and the DICOM
+ * writer's round trip through every transfer syntax. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cmr_error.h"
+#include "dicom_writer.h"
+#include "heart.h"
+#include "phantom.h"
+#include "phantom_rng.h"
+
+static void test_rng_streams(void **state)
+{
+    (void)state;
+    cmr_rng a, b, c;
+    cmr_rng_seed(&a, 42, 1);
+    cmr_rng_seed(&b, 42, 1);
+    cmr_rng_seed(&c, 42, 2);
+    int same_c = 0;
+    for (int i = 0; i < 1000; i++) {
+        uint64_t x = cmr_rng_next(&a), y = cmr_rng_next(&b), z = cmr_rng_next(&c);
+        assert_true(x == y);
+        same_c += x == z;
+    }
+    assert_true(same_c < 2);
+    /* The fast normal deviate has the right first two moments. */
+    cmr_rng_init_tables();
+    double s = 0, s2 = 0;
+    for (int i = 0; i < 200000; i++) {
+        double g = cmr_rng_fast_normal(&a);
+        s += g, s2 += g * g;
+    }
+    assert_true(fabs(s / 200000) < 0.01);
+    assert_true(fabs(s2 / 200000 - 1) < 0.02);
+}
+
+static void test_uids(void **state)
+{
+    (void)state;
+    cmr_rng r;
+    cmr_rng_seed(&r, 1, 1);
+    for (int i = 0; i < 500; i++) {
+        char uid[CMR_UID_LEN];
+        cmr_uid(&r, uid);
+        size_t n = strlen(uid);
+        assert_true(n <= 64);
+        assert_memory_equal(uid, "2.25.", 5);
+        assert_true(uid[5] != '0');
+        for (size_t k = 5; k < n; k++)
+            assert_true(uid[k] >= '0' && uid[k] <= '9');
+    }
+}
+
+static cmr_heart *build(int dx, uint64_t seed)
+{
+    cmr_rng r;
+    cmr_rng_seed(&r, seed, (uint64_t)dx);
+    cmr_heart *h = calloc(1, sizeof *h);
+    assert_non_null(h);
+    cmr_heart_draw(&r, dx, 1.0, (int)(seed & 1), &h->p);
+    assert_int_equal(cmr_heart_build(h), 0);
+    return h;
+}
+
+/* Each diagnosis shows its signature in every patient drawn. */
+static void test_diagnosis_signatures(void **state)
+{
+    (void)state;
+    for (int dx = 0; dx < CMR_DX_COUNT; dx++) {
+        for (uint64_t seed = 1; seed <= 6; seed++) {
+            cmr_heart *h = build(dx, seed);
+            const cmr_heart_params *p = &h->p;
+            /* The realised EF (sampled from the model) meets its target. */
+            assert_true(fabs(p->lvef - p->lvef_target) < 0.03);
+            assert_true(p->lvedv_ml > 25 && p->lvedv_ml < 450);
+            switch (dx) {
+            case CMR_DX_NORMAL:
+                assert_true(p->lvef >= 0.55 && p->max_wall_mm <= 11.5);
+                assert_string_equal(p->lge_pattern, "none");
+                break;
+            case CMR_DX_HCM:
+                assert_true(p->max_wall_mm >= 15);
+                assert_true(p->lvef >= 0.65);
+                if (!p->apical_variant)
+                    assert_true(p->septal_wall_mm > 1.3 * p->lateral_wall_mm);
+                break;
+            case CMR_DX_AMYLOID:
+                assert_true(p->septal_wall_mm >= 12.5 && p->lateral_wall_mm >= 12.5);
+                assert_true(p->effusion_mm > 0 && p->la_scale > 1.15 && p->lge_dark_blood);
+                break;
+            case CMR_DX_DCM:
+                assert_true(p->lvef >= 0.13 && p->lvef <= 0.42);
+                assert_true(p->lvedv_ml > 160 && p->max_wall_mm <= 8);
+                break;
+            case CMR_DX_ICM:
+                assert_true(p->territory[0] != 0 && p->nlge > 0);
+                assert_true(p->lvef < 0.52);
+                break;
+            case CMR_DX_MYOCARDITIS:
+                assert_string_equal(p->lge_pattern, "subepicardial_lateral");
+                assert_true(p->lvef >= 0.4);
+                break;
+            case CMR_DX_SARCOID:
+                assert_string_equal(p->lge_pattern, "patchy_basal_septum");
+                break;
+            case CMR_DX_LVNC:
+                assert_true(p->nc_ratio > 2.3);
+                break;
+            case CMR_DX_FABRY:
+                assert_true(p->septal_wall_mm >= 11.5 && p->lateral_wall_mm >= 11.5);
+                break;
+            case CMR_DX_ARVC:
+                assert_true(p->rvef < 0.45 && p->rv_bulge > 0);
+                assert_true(p->rvedv_ml > 1.1 * p->lvedv_ml);
+                break;
+            }
+            free(h);
+        }
+    }
+}
+
+/* LGE lights the territory the parameters name and leaves remote
+ * myocardium nulled. */
+static void test_lge_where_truth_says(void **state)
+{
+    (void)state;
+    float tab[CMR_T_COUNT_HEART] = {0};
+    tab[CMR_T_MYO] = 0.0f;
+    tab[CMR_T_SCAR] = 1.0f;
+    tab[CMR_T_BLOOD] = tab[CMR_T_BLOOD2] = 0.4f;
+    int checked = 0;
+    for (uint64_t seed = 1; seed <= 30 && checked < 6; seed++) {
+        cmr_heart *h = build(CMR_DX_ICM, seed);
+        double th = !strcmp(h->p.territory, "LAD") ? 115 : !strcmp(h->p.territory, "RCA") ? -115 : -25;
+        double remote = th + 180;
+        cmr_heart_phase ph;
+        cmr_heart_phase_at(h, 0.72, &ph);
+        double z = !strcmp(h->p.territory, "LAD") ? -0.6 : -0.35;
+        double ws = z * ph.L + ph.wc;
+        /* Sample just inside the endocardium (subendocardial scar). */
+        double r_in = h->p.R_ed * sqrt(1 - z * z) * (1 - ph.c * h->p.a_contract) + 1.5;
+        double qs[3] = {r_in * cos(th * M_PI / 180), r_in * sin(th * M_PI / 180), ws};
+        double qr[3] = {r_in * cos(remote * M_PI / 180), r_in * sin(remote * M_PI / 180), ws};
+        float scar = cmr_heart_paint(h, &ph, qs, 0, tab, 0.5f, 1.0f);
+        float rem = cmr_heart_paint(h, &ph, qr, 0, tab, 0.5f, 1.0f);
+        assert_true(scar > 0.5f);
+        assert_true(rem < 0.2f);
+        checked++;
+        free(h);
+    }
+    assert_true(checked >= 6);
+    /* A normal heart has no enhancement anywhere in the wall. */
+    cmr_heart *h = build(CMR_DX_NORMAL, 3);
+    for (int i = 0; i < CMR_NT; i++)
+        for (int j = 0; j < CMR_NZ; j++)
+            for (int k = 0; k < CMR_ND; k++)
+                assert_true(h->scar[i][j][k] == 0.0f);
+    free(h);
+}
+
+static void test_dicom_roundtrip(void **state)
+{
+    (void)state;
+    assert_int_equal(cmr_dcm_global_init(), 0);
+    enum { R = 64, C = 80 };
+    static uint16_t px[R * C];
+    for (int i = 0; i < R * C; i++)
+        px[i] = (uint16_t)((i * 37) % 4096);
+    char dir[] = "/tmp/cmr-phantom-test-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    for (int ts = 0; ts < CMR_TS_COUNT; ts++) {
+        cmr_dcm *d = NULL;
+        char path[128], buf[128];
+        snprintf(path, sizeof path, "%s/%d.dcm", dir, ts);
+        assert_int_equal(cmr_dcm_new(&d), 0);
+        assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0008, 0x0016), "1.2.840.10008.5.1.4.1.1.4"), 0);
+        assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0008, 0x0018), "2.25.1234"), 0);
+        assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0002), "1"), 0);
+        assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0004), "MONOCHROME2"), 0);
+        assert_int_equal(cmr_dcm_putf(d, CMR_TAG(0x0028, 0x0010), "%d", R), 0);
+        assert_int_equal(cmr_dcm_putf(d, CMR_TAG(0x0028, 0x0011), "%d", C), 0);
+        assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0100), "16"), 0);
+        assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0101), "12"), 0);
+        assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0102), "11"), 0);
+        assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0103), "0"), 0);
+        assert_int_equal(cmr_dcm_pixels16(d, px, R * C), 0);
+        size_t bytes = 0;
+        assert_int_equal(cmr_dcm_save(d, path, ts, &bytes), 0);
+        assert_true(bytes > 128);
+        cmr_dcm_free(d);
+        assert_int_equal(cmr_dcm_load(path, &d), 0);
+        assert_int_equal(cmr_dcm_get(d, CMR_TAG(0x0008, 0x0018), buf, sizeof buf), 0);
+        assert_string_equal(buf, "2.25.1234");
+        const uint16_t *back = NULL;
+        size_t n = 0;
+        assert_int_equal(cmr_dcm_get_pixels16(d, &back, &n), 0);
+        assert_int_equal(n, R * C);
+        assert_memory_equal(back, px, sizeof px);
+        cmr_dcm_free(d);
+        unlink(path);
+    }
+    rmdir(dir);
+    /* A bad value is refused with a message naming the tag. */
+    cmr_dcm *d = NULL;
+    assert_int_equal(cmr_dcm_new(&d), 0);
+    assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0010), "not-a-number"), CMR_EINVAL);
+    assert_non_null(strstr(cmr_errmsg(), "0028,0010"));
+    cmr_dcm_free(d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rng_streams),
+        cmocka_unit_test(test_uids),
+        cmocka_unit_test(test_diagnosis_signatures),
+        cmocka_unit_test(test_lge_where_truth_says),
+        cmocka_unit_test(test_dicom_roundtrip),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    cmr_dcm_global_cleanup();
+    return rc;
+}
