@@ -180,12 +180,31 @@ static int manifest_head(out_file *o, const synth_params *p, unsigned dim)
     return n < 0 ? write_fail(o) : 0;
 }
 
-static int make_dir(const char *dir)
+static int make_one_dir(const char *dir)
 {
     struct stat st;
     if (mkdir(dir, 0777) == 0 || (errno == EEXIST && stat(dir, &st) == 0 && S_ISDIR(st.st_mode)))
         return 0;
     return cmr_fail(CMR_EIO, "%s: %s", dir, errno == EEXIST ? "exists and is not a directory" : strerror(errno));
+}
+
+/* Like mkdir -p: demo scripts name a fresh nested output directory. */
+static int make_dir(const char *dir)
+{
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s", dir);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return cmr_fail(CMR_EINVAL, "%s: path too long", dir);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int rc = make_one_dir(path);
+        *p = '/';
+        if (rc)
+            return rc;
+    }
+    return make_one_dir(path);
 }
 
 static int generate(const char *dir, uint64_t n, const synth_params *params)
