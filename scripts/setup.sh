@@ -26,7 +26,8 @@ build_dir=build
 cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMR_WERROR=ON)
 if [ "${1:-}" = "--sanitize" ]; then
   build_dir=build-asan
-  cmake_args=(-DCMAKE_BUILD_TYPE=Debug -DCMR_WERROR=ON -DCMR_SANITIZE=ON)
+  cmake_args=(-DCMAKE_BUILD_TYPE=Debug -DCMR_WERROR=ON -DCMR_SANITIZE=ON
+              "-DCMR_PHANTOM_EXE=${CMR_PHANTOM_EXE:-}")
 fi
 # A compiler change (CC=clang) needs a fresh cache.
 if [ -f "$build_dir/CMakeCache.txt" ] && [ -n "${CC:-}" ] &&

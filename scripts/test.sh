@@ -13,7 +13,7 @@ ctest --test-dir build --output-on-failure -j "$(nproc)"
 
 if [ "${1:-}" != "--quick" ]; then
   echo "== tests: clang ASan + UBSan build (build-asan/)" >&2
-  CC=clang CXX=clang++ scripts/setup.sh --sanitize
+  CC=clang CXX=clang++ CMR_PHANTOM_EXE="$PWD/build/tests/phantom/cmr-phantom" scripts/setup.sh --sanitize
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   LSAN_OPTIONS=suppressions="$PWD/tests/lsan.supp":print_suppressions=0 \

@@ -9,7 +9,7 @@ trap 'rm -rf "$out"' EXIT
 "$phantom" --out "$out/archive" --studies 12 --seed 9001 --fast --problems 0.1 --threads 2 >/dev/null
 "$eval" "$out/archive" --json > "$out/result.json"
 "$eval" "$out/archive"
-python3 - "$out/result.json" <<'PY'
+/usr/bin/python3 - "$out/result.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["series"] >= 100, f"only {r['series']} series: the archive is too small to measure"

@@ -3,6 +3,6 @@ target_compile_definitions(test_scan PRIVATE CMR_SOURCE_DIR="${CMAKE_SOURCE_DIR}
 
 if(TARGET cmr-phantom AND TARGET classify-eval)
   add_test(NAME classify_phantom
-           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/classify_phantom.sh $<TARGET_FILE:cmr-phantom> $<TARGET_FILE:classify-eval>)
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/classify_phantom.sh ${CMR_PHANTOM_RUN} $<TARGET_FILE:classify-eval>)
   set_tests_properties(classify_phantom PROPERTIES TIMEOUT 600)
 endif()

@@ -7,5 +7,5 @@ set_tests_properties(test_phantom PROPERTIES TIMEOUT 300)
 
 add_test(NAME test_phantom_archive
   COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/test_archive.py
-          $<TARGET_FILE:cmr-phantom> ${CMAKE_CURRENT_BINARY_DIR}/archive-test ${CMAKE_SOURCE_DIR}/schema)
+          ${CMR_PHANTOM_RUN} ${CMAKE_CURRENT_BINARY_DIR}/archive-test ${CMAKE_SOURCE_DIR}/schema)
 set_tests_properties(test_phantom_archive PROPERTIES TIMEOUT 1200)
