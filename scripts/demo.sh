@@ -2,7 +2,8 @@
 # The main job on a built-in demo archive: installs what is needed, builds,
 # then creates a store, imports 20,000 synthetic cases (clustered image and
 # text vectors with realistic metadata, as a GPU run of CMR-CLIP would
-# produce them), and answers case -> case queries with and without filters.
+# produce them), and answers case -> case queries with and without filters;
+# then generates a small phantom DICOM archive with reports and indexes it.
 # Everything goes to build/demo/ (removed and recreated on each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,3 +39,10 @@ $bin search --db "$demo/db" --case 42 --space text --target image -k 5 --where '
 
 say "Consistency check"
 $bin verify --db "$demo/db"
+
+say "A synthetic DICOM archive: 6 phantom studies with reports (cmr-phantom)"
+build/tests/phantom/cmr-phantom --out "$demo/archive" --studies 6 --seed 5 --fast
+say "cmrsearch index: DICOM studies and reports into cases (no model yet: no vectors)"
+$bin init --db "$demo/archive-db"
+$bin index --db "$demo/archive-db" --cda-schema schema/report-cda.xsd "$demo/archive"
+$bin show --db "$demo/archive-db" 1
