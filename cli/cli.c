@@ -307,3 +307,9 @@ int cmr_cli_print_json(cmr_cli *cli, json_t *doc)
         return cmr_fail(CMR_EIO, "cannot write output: %s", strerror(errno));
     return 0;
 }
+
+int cmr_cli_close_store(cmr_store *store, int rc)
+{
+    int close_rc = cmr_store_close(store);
+    return rc ? rc : close_rc;
+}

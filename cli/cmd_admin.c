@@ -135,11 +135,7 @@ int cmr_cmd_init(cmr_cli *cli, int argc, char **argv)
             fprintf(cli->out, "no model yet: the first import sets it\n");
     }
 done:
-    {
-        int close_rc = cmr_store_close(store);
-        if (!rc && close_rc)
-            rc = close_rc;
-    }
+    rc = cmr_cli_close_store(store, rc);
     return rc;
 }
 
@@ -266,14 +262,9 @@ int cmr_cmd_verify(cmr_cli *cli, int argc, char **argv)
                       n_problems == 1 ? "" : "s");
 done:
     cmr_verify_report_free(report);
-    {
-        /* The flush already happened; a failure on close is only news if
-         * nothing else went wrong. */
-        int close_rc = cmr_store_close(store);
-        if (!rc && close_rc)
-            rc = close_rc;
-    }
-    return rc;
+    /* The flush already happened; a failure on close is only news if
+     * nothing else went wrong. */
+    return cmr_cli_close_store(store, rc);
 }
 
 /* ---- reindex ------------------------------------------------------------------------- */
@@ -348,11 +339,7 @@ int cmr_cmd_reindex(cmr_cli *cli, int argc, char **argv)
         fprintf(cli->out, "rebuilt the indexes of %s from LMDB\n", db);
     rc = print_store_state(cli, db, store);
 done:
-    {
-        int close_rc = cmr_store_close(store);
-        if (!rc && close_rc)
-            rc = close_rc;
-    }
+    rc = cmr_cli_close_store(store, rc);
     return rc;
 }
 

@@ -228,11 +228,7 @@ int cmr_cmd_import(cmr_cli *cli, int argc, char **argv)
         rc = cmr_fail_context(rc, "the cases were imported, but updating the indexes failed "
                                   "(run 'cmrsearch reindex --db %s'): ", db);
 done:
-    {
-        int close_rc = cmr_store_close(store);
-        if (!rc && close_rc)
-            rc = close_rc;
-    }
+    rc = cmr_cli_close_store(store, rc);
     for (int s = 0; s < CMR_NSPACES; s++)
         cmr_npy_free(&job.vectors[s]);
     cmr_import_manifest_free(&job.manifest);

@@ -139,6 +139,5 @@ int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
     if (rc == 0)
         rc = print_summary(cli, db, summary);
     cmr_ingest_summary_free(summary);
-    int close_rc = cmr_store_close(store);
-    return rc ? rc : close_rc;
+    return cmr_cli_close_store(store, rc);
 }

@@ -260,10 +260,6 @@ done:
     cmr_case_free(query);
     free(vector);
     cmr_where_free(&r.where);
-    {
-        int close_rc = cmr_store_close(store);
-        if (!rc && close_rc)
-            rc = close_rc;
-    }
+    rc = cmr_cli_close_store(store, rc);
     return rc;
 }

@@ -66,6 +66,10 @@ void cmr_cli_format_date(int32_t yyyymmdd, char out[11]);
 
 /* Open the store named by --db, with a helpful message when none was given. */
 int cmr_cli_open_store(cmr_cli *cli, const char *db, unsigned flags, cmr_store **out);
+/* Close store (NULL harmless) and return rc, or the close's own error when
+ * rc is 0: a failing final index flush is not lost. */
+int cmr_cli_close_store(cmr_store *store, int rc);
+
 /* Sends store progress to err when err is a terminal. */
 void cmr_cli_progress(void *cli, const char *phase, uint64_t done, uint64_t total);
 /* Print a JSON document (one line per key, trailing newline) on cli->out; steals doc. */

@@ -19,6 +19,7 @@
 #include <lmdb.h>
 
 #include "cmr_cli.h"
+#include "test_store_util.h"
 
 #define DIM 8
 #define N_CASES 12
@@ -32,26 +33,6 @@ typedef struct fixture {
     char *out, *err; /* output of the last run() */
 } fixture;
 
-static void rmtree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char p[512];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            rmtree(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static int setup(void **state)
 {
@@ -71,7 +52,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    rmtree(f->dir);
+    test_rmtree(f->dir);
     free(f->out);
     free(f->err);
     free(f);
