@@ -151,18 +151,6 @@ static double percentile(double *v, size_t n, double p)
     return v[rank ? rank - 1 : 0];
 }
 
-static int parse_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
-        return cmr_fail(CMR_EINVAL, "%s: '%s' is not a number from %" PRIu64 " to %" PRIu64, opt, s,
-                        lo, hi);
-    *out = v;
-    return 0;
-}
-
 static void cpu_model(char *out, size_t cap)
 {
     FILE *f = fopen("/proc/cpuinfo", "r");
@@ -1264,16 +1252,16 @@ static int parse_options(int argc, char **argv, options *o)
     int opt, rc = 0;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
-        case 'n': rc = parse_u64("--n", optarg, 100, MAX_CASES, &o->n); break;
-        case 'd': rc = parse_u64("--dim", optarg, 8, 4096, &v), o->dim = (unsigned)v; break;
-        case 'q': rc = parse_u64("--queries", optarg, 1, 100000, &v), o->queries = (unsigned)v; break;
-        case 'r': rc = parse_u64("--rounds", optarg, 1, 100, &v), o->rounds = (unsigned)v; break;
-        case 's': rc = parse_u64("--seed", optarg, 0, UINT64_MAX, &o->seed); break;
+        case 'n': rc = synth_parse_u64("--n", optarg, 100, MAX_CASES, &o->n); break;
+        case 'd': rc = synth_parse_u64("--dim", optarg, 8, 4096, &v), o->dim = (unsigned)v; break;
+        case 'q': rc = synth_parse_u64("--queries", optarg, 1, 100000, &v), o->queries = (unsigned)v; break;
+        case 'r': rc = synth_parse_u64("--rounds", optarg, 1, 100, &v), o->rounds = (unsigned)v; break;
+        case 's': rc = synth_parse_u64("--seed", optarg, 0, UINT64_MAX, &o->seed); break;
         case 'D': o->db = optarg; break;
         case 'R': o->reuse = 1; break;
         case 'k': o->keep = 1; break;
-        case 'b': rc = parse_u64("--batch", optarg, 1, 1000000, &v), o->batch = (unsigned)v; break;
-        case 'e': rc = parse_u64("--exact-queries", optarg, 0, 100000, &v), o->exact_queries = (unsigned)v; break;
+        case 'b': rc = synth_parse_u64("--batch", optarg, 1, 1000000, &v), o->batch = (unsigned)v; break;
+        case 'e': rc = synth_parse_u64("--exact-queries", optarg, 0, 100000, &v), o->exact_queries = (unsigned)v; break;
         case 'f': {
             char *end;
             o->filter_share = strtod(optarg, &end);
@@ -1281,7 +1269,7 @@ static int parse_options(int argc, char **argv, options *o)
                 rc = cmr_fail(CMR_EINVAL, "--filter-share: '%s' is not a share in (0, 1]", optarg);
             break;
         }
-        case 'p': rc = parse_u64("--nprobe", optarg, 1, 65536, &v), o->nprobe = (unsigned)v; break;
+        case 'p': rc = synth_parse_u64("--nprobe", optarg, 1, 65536, &v), o->nprobe = (unsigned)v; break;
         case 'F': o->factory = optarg; break;
         case 'j': o->json = 1; break;
         case 'S': o->sweep = 1; break;

@@ -1,6 +1,8 @@
 /* Synthetic cases: see synth.h for the model and why it is shaped so. */
 #include "synth.h"
 
+#include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -607,4 +609,16 @@ void synth_weights_hash(const synth_params *params, char out[SYNTH_HASH_CHARS])
     cmr_sha256_digest(desc, (size_t)n, digest);
     memcpy(out, "sha256:", 7);
     cmr_hex(digest, sizeof digest, out + 7);
+}
+
+int synth_parse_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
+        return cmr_fail(CMR_EINVAL, "%s: '%s' is not a number from %" PRIu64 " to %" PRIu64, opt, s,
+                        lo, hi);
+    *out = v;
+    return 0;
 }

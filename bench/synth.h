@@ -101,4 +101,8 @@ void synth_weights_hash(const synth_params *params, char out[SYNTH_HASH_CHARS]);
 /* YYYYMMDD as "YYYY-MM-DD". */
 void synth_format_date(int32_t yyyymmdd, char out[11]);
 
+/* A whole number from lo to hi for option opt; CMR_EINVAL naming both
+ * otherwise.  Shared by the benchmark programs' option parsing. */
+int synth_parse_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out);
+
 #endif

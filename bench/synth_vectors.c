@@ -42,18 +42,6 @@ static void usage(FILE *to)
             SYNTH_DEFAULT_DIM, SYNTH_DEFAULT_CLUSTERS);
 }
 
-static int parse_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi)
-        return cmr_fail(CMR_EINVAL, "%s: '%s' is not a number from %" PRIu64 " to %" PRIu64, opt, s,
-                        lo, hi);
-    *out = v;
-    return 0;
-}
-
 static int out_open(out_file *o, const char *dir, const char *name)
 {
     int n = snprintf(o->path, sizeof o->path, "%s/%s", dir, name);
@@ -280,10 +268,10 @@ int main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
         case 'o': dir = optarg; break;
-        case 'n': rc = parse_u64("--n", optarg, 1, MAX_ROWS, &n); break;
-        case 'd': rc = parse_u64("--dim", optarg, 8, 65536, &dim); break;
-        case 's': rc = parse_u64("--seed", optarg, 0, UINT64_MAX, &seed); break;
-        case 'c': rc = parse_u64("--clusters", optarg, SYNTH_N_DIAGNOSES, 100000, &clusters); break;
+        case 'n': rc = synth_parse_u64("--n", optarg, 1, MAX_ROWS, &n); break;
+        case 'd': rc = synth_parse_u64("--dim", optarg, 8, 65536, &dim); break;
+        case 's': rc = synth_parse_u64("--seed", optarg, 0, UINT64_MAX, &seed); break;
+        case 'c': rc = synth_parse_u64("--clusters", optarg, SYNTH_N_DIAGNOSES, 100000, &clusters); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
