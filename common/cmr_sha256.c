@@ -2,6 +2,12 @@
 
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define CMR_SHA_NI 1
+#endif
+
 static const uint32_t K[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
     0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
@@ -36,6 +42,85 @@ static void compress(uint32_t s[8], const uint8_t block[64])
     s[0] += a; s[1] += b; s[2] += c; s[3] += d; s[4] += e; s[5] += f; s[6] += g; s[7] += h;
 }
 
+static void compress_blocks_portable(uint32_t s[8], const uint8_t *p, size_t n)
+{
+    for (; n; n--, p += 64)
+        compress(s, p);
+}
+
+#ifdef CMR_SHA_NI
+/* The SHA extensions (Intel SHA-NI, on x86-64 since Goldmont / Ice Lake /
+ * Zen): identifying a 900 MB model at open takes 0.5 s instead of 5.
+ * State lives as ABEF / CDGH halves, the layout sha256rnds2 works on;
+ * w[g] holds message words 4g..4g+3 of the 64-word schedule in rotation. */
+__attribute__((target("sha,sse4.1"))) static void compress_blocks_shani(uint32_t s[8], const uint8_t *p, size_t n)
+{
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&s[0]), 0xB1); /* CDAB */
+    __m128i st1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&s[4]), 0x1B); /* EFGH */
+    __m128i st0 = _mm_alignr_epi8(tmp, st1, 8);                                      /* ABEF */
+    st1 = _mm_blend_epi16(st1, tmp, 0xF0);                                           /* CDGH */
+    for (; n; n--, p += 64) {
+        __m128i abef = st0, cdgh = st1, w[4], msg;
+        for (int g = 0; g < 16; g++) {
+            if (g < 4)
+                w[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * g)), bswap);
+            msg = _mm_add_epi32(w[g & 3], _mm_loadu_si128((const __m128i *)&K[4 * g]));
+            st1 = _mm_sha256rnds2_epu32(st1, st0, msg);
+            if (g >= 3 && g <= 14) {
+                __m128i next = _mm_add_epi32(w[(g + 1) & 3], _mm_alignr_epi8(w[g & 3], w[(g + 3) & 3], 4));
+                w[(g + 1) & 3] = _mm_sha256msg2_epu32(next, w[g & 3]);
+            }
+            st0 = _mm_sha256rnds2_epu32(st0, st1, _mm_shuffle_epi32(msg, 0x0E));
+            if (g >= 1 && g <= 12)
+                w[(g + 3) & 3] = _mm_sha256msg1_epu32(w[(g + 3) & 3], w[g & 3]);
+        }
+        st0 = _mm_add_epi32(st0, abef);
+        st1 = _mm_add_epi32(st1, cdgh);
+    }
+    tmp = _mm_shuffle_epi32(st0, 0x1B);  /* FEBA */
+    st1 = _mm_shuffle_epi32(st1, 0xB1);  /* DCHG */
+    _mm_storeu_si128((__m128i *)&s[0], _mm_blend_epi16(tmp, st1, 0xF0)); /* DCBA */
+    _mm_storeu_si128((__m128i *)&s[4], _mm_alignr_epi8(st1, tmp, 8));    /* HGFE */
+}
+
+static int have_shani(void)
+{
+    unsigned a, b, c, d;
+    /* SHA (leaf 7 EBX bit 29) plus the SSSE3/SSE4.1 shuffles used around it. */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 29)))
+        return 0;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 9)) && (c & (1u << 19));
+}
+#endif
+
+/* -1: not probed yet.  Racing first callers compute the same answer. */
+static volatile int use_shani = -1;
+
+int cmr_sha256_accelerated(int enable)
+{
+#ifdef CMR_SHA_NI
+    use_shani = enable && have_shani();
+    return use_shani;
+#else
+    (void)enable;
+    return 0;
+#endif
+}
+
+static void compress_blocks(uint32_t s[8], const uint8_t *p, size_t n)
+{
+#ifdef CMR_SHA_NI
+    if (use_shani < 0)
+        use_shani = have_shani();
+    if (use_shani) {
+        compress_blocks_shani(s, p, n);
+        return;
+    }
+#endif
+    compress_blocks_portable(s, p, n);
+}
+
 void cmr_sha256_init(cmr_sha256 *ctx)
 {
     static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
@@ -57,11 +142,12 @@ void cmr_sha256_update(cmr_sha256 *ctx, const void *data, size_t len)
         len -= take;
         if (ctx->used < 64)
             return;
-        compress(ctx->state, ctx->block);
+        compress_blocks(ctx->state, ctx->block, 1);
         ctx->used = 0;
     }
-    for (; len >= 64; p += 64, len -= 64)
-        compress(ctx->state, p);
+    compress_blocks(ctx->state, p, len / 64);
+    p += len / 64 * 64;
+    len %= 64;
     memcpy(ctx->block, p, len);
     ctx->used = len;
 }

@@ -24,6 +24,11 @@ void cmr_sha256_update(cmr_sha256 *ctx, const void *data, size_t len);
 void cmr_sha256_final(cmr_sha256 *ctx, uint8_t digest[CMR_SHA256_BYTES]);
 void cmr_sha256_digest(const void *data, size_t len, uint8_t digest[CMR_SHA256_BYTES]);
 
+/* The SHA-NI instructions are used when the CPU has them.  enable = 0 forces
+ * the portable code (tests run both); returns whether the accelerated code
+ * is now in use.  Not for concurrent use with hashing on other threads. */
+int cmr_sha256_accelerated(int enable);
+
 void cmr_hmac_sha256(const void *key, size_t key_len, const void *msg, size_t msg_len,
                      uint8_t mac[CMR_SHA256_BYTES]);
 

@@ -1,6 +1,6 @@
 /* Private to indexer/: the parts of the study -> model input step
- * (tensor.c, window.c), exposed so that tests can check each one against
- * the independent numpy implementation (tests/reference/tensor_reference.py).
+ * (tensor.c, tensor_study.c, window.c), exposed so that tests can check
+ * each one against the independent numpy implementation (tests/reference/tensor_reference.py).
  * docs/model-input.md defines every step; the two must not drift apart.
  *
  * Two layers:
@@ -54,6 +54,10 @@ void cmr_window_apply_grey(const cmr_window *w, const float *src, size_t n, floa
 /* round-half-up(clip((v - lo) / (hi - lo), 0, 1) * 255), in double; 0 when hi <= lo. */
 uint8_t cmr_window_value(double v, double lo, double hi);
 void cmr_window_free(cmr_window *w);
+
+/* Bounds that keep every size computation far from overflow (also
+ * MAX_FRAMES and MAX_SIZE in tensor.c): an image's rows and columns. */
+#define CMR_MAX_IMAGE_SIDE 65536
 
 /* ---- tensor.c: sampling --------------------------------------------------------------- */
 
@@ -109,7 +113,7 @@ int cmr_spec_check(const cmr_input_spec *spec);
  * frame shows). */
 int cmr_tensor_from_source(const cmr_tensor_source *src, const cmr_input_spec *spec, float *out, float (*windows)[2]);
 
-/* ---- layer 2: study -> tensor ------------------------------------------------------------ */
+/* ---- layer 2 (tensor_study.c): study -> tensor -------------------------------------------- */
 
 /* Decodes every frame of a file: pixels[(f * rows + r) * cols + c], malloc'ed. */
 typedef int (*cmr_pixel_reader)(void *user, const char *path, int *rows, int *cols, int *frames, float **pixels);

@@ -25,9 +25,10 @@ endif()
 
 if(CMR_HAVE_LIBFUZZER)
   find_package(LibXml2 REQUIRED)
+  file(GLOB CMR_REPORT_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/indexer/report*.c)
   add_executable(fuzz_report
     ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_report.c
-    ${PROJECT_SOURCE_DIR}/indexer/report.c
+    ${CMR_REPORT_SOURCES}
     ${PROJECT_SOURCE_DIR}/common/cmr_error.c)
   target_include_directories(fuzz_report PRIVATE
     ${PROJECT_SOURCE_DIR}/indexer ${PROJECT_SOURCE_DIR}/common ${PROJECT_SOURCE_DIR}/store)

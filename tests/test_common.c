@@ -53,6 +53,18 @@ static void test_sha256_incremental_million_a(void **state)
     assert_string_equal(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
 
+/* The same vectors through the portable code when SHA-NI is in use. */
+static void test_sha256_portable(void **state)
+{
+    int accelerated = cmr_sha256_accelerated(1);
+    cmr_sha256_accelerated(0);
+    test_sha256_vectors(state);
+    test_sha256_incremental_million_a(state);
+    cmr_sha256_accelerated(1);
+    if (!accelerated)
+        print_message("SHA-NI not available here: the portable code was tested twice\n");
+}
+
 static void test_hmac_rfc4231(void **state)
 {
     (void)state;
@@ -96,6 +108,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sha256_vectors),
         cmocka_unit_test(test_sha256_incremental_million_a),
+        cmocka_unit_test(test_sha256_portable),
         cmocka_unit_test(test_hmac_rfc4231),
         cmocka_unit_test(test_error_messages),
     };

@@ -1,0 +1,210 @@
+/* bench-model: the encoders' speed and memory on a full-size model.
+ *
+ *   bench-model DIR [--repeat R] [--json]
+ *
+ * DIR is written by `bench/model_torch.py make DIR` (random full-size
+ * CMR-CLIP weights plus the inputs: video.f32, ids64.i32, ids256.i32), so
+ * that bench/model_bench.sh can run PyTorch on exactly the same weights and
+ * inputs.  Measured here, in one process: OpenBLAS sgemm GFLOP/s at the
+ * shapes the video tower runs, seconds per study (median of R), the rate
+ * that implies over the tower's matrix products, the text tower on 64 and
+ * 256 tokens (median of 20), and peak resident memory.  Writes
+ * DIR/c_video_embed.f32 and, when DIR/torch_video_embed.f32 exists, reports
+ * the cosine between the two embeddings. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmr_model.h"
+
+char *openblas_get_corename(void);
+int openblas_get_num_threads(void);
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void *read_all(const char *dir, const char *name, size_t expect)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "bench-model: %s: cannot open (run bench/model_torch.py make %s)\n", path, dir);
+        exit(2);
+    }
+    void *p = malloc(expect);
+    size_t got = p ? fread(p, 1, expect, f) : 0;
+    fclose(f);
+    if (got != expect) {
+        fprintf(stderr, "bench-model: %s: %zu bytes, expected %zu\n", path, got, expect);
+        exit(2);
+    }
+    return p;
+}
+
+/* sgemm at y[m][n] = x[m][k] · w[n][k]^T, the linear layers' form. */
+static double sgemm_gflops(int m, int n, int k)
+{
+    float *x = malloc(sizeof(float) * (size_t)m * (size_t)k), *w = malloc(sizeof(float) * (size_t)n * (size_t)k),
+          *y = malloc(sizeof(float) * (size_t)m * (size_t)n);
+    for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
+        x[i] = (float)(i % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)n * (size_t)k; i++)
+        w[i] = (float)(i % 7) * 0.01f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1, x, k, w, k, 0, y, n);
+    double t[5];
+    for (int r = 0; r < 5; r++) {
+        double t0 = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1, x, k, w, k, 0, y, n);
+        t[r] = now() - t0;
+    }
+    free(x);
+    free(w);
+    free(y);
+    return 2.0 * m * n * k / median(t, 5) / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = NULL;
+    int repeat = 3, json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
+            repeat = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: bench-model DIR [--repeat R] [--json]\n");
+            return 0;
+        } else if (argv[i][0] != '-' && !dir)
+            dir = argv[i];
+        else {
+            fprintf(stderr, "bench-model: unknown argument %s\n", argv[i]);
+            return 1;
+        }
+    }
+    if (!dir || repeat < 1) {
+        fprintf(stderr, "usage: bench-model DIR [--repeat R] [--json]\n");
+        return 1;
+    }
+    /* The tower's dominant products: qkv (T x 768 x 2304) and the MLP chunk. */
+    const int T = 1 + 64 * 196;
+    double gemm_qkv = sgemm_gflops(T, 2304, 768), gemm_mlp = sgemm_gflops(1024, 3072, 768),
+           gemm_ref = sgemm_gflops(3136, 768, 768);
+
+    double t0 = now();
+    cmr_model *m = NULL;
+    int rc = cmr_model_open(dir, &m);
+    if (rc < 0) {
+        fprintf(stderr, "bench-model: %s: %s\n", cmr_strerror(rc), cmr_errmsg());
+        return 2;
+    }
+    double open_s = now() - t0;
+    const cmr_model_input *in = cmr_model_input_spec(m);
+    size_t video_floats = (size_t)in->frames * in->channels * in->size * in->size;
+    float *video = read_all(dir, "video.f32", video_floats * sizeof(float));
+    unsigned dim = cmr_model_dim(m);
+    float *emb = malloc(dim * sizeof *emb);
+    double *vt = calloc((size_t)repeat, sizeof *vt);
+    for (int r = 0; r < repeat; r++) {
+        t0 = now();
+        if ((rc = cmr_model_encode_study(m, video, in->frames, emb)) < 0) {
+            fprintf(stderr, "bench-model: encode_study: %s\n", cmr_errmsg());
+            return 2;
+        }
+        vt[r] = now() - t0;
+    }
+    double video_s = median(vt, repeat);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/c_video_embed.f32", dir);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fwrite(emb, sizeof *emb, dim, f);
+        fclose(f);
+    }
+    double cosine = NAN;
+    snprintf(path, sizeof path, "%s/torch_video_embed.f32", dir);
+    if ((f = fopen(path, "rb"))) {
+        float *ref = malloc(dim * sizeof *ref);
+        if (fread(ref, sizeof *ref, dim, f) == dim) {
+            cosine = 0;
+            for (unsigned i = 0; i < dim; i++)
+                cosine += (double)ref[i] * emb[i];
+        }
+        free(ref);
+        fclose(f);
+    }
+    /* Matrix products of the tower: 12 blocks x 32 T D^2 + the patch embedding. */
+    double flops = 12.0 * 32.0 * T * 768.0 * 768.0 + 2.0 * (T - 1) * 768.0 * 768.0;
+    double text_ms[2];
+    const int lens[2] = {64, 256};
+    for (int l = 0; l < 2; l++) {
+        char name[32];
+        snprintf(name, sizeof name, "ids%d.i32", lens[l]);
+        int32_t *ids = read_all(dir, name, (size_t)lens[l] * sizeof *ids);
+        double tt[20];
+        cmr_model_encode_tokens(m, ids, (size_t)lens[l], emb);
+        for (int r = 0; r < 20; r++) {
+            t0 = now();
+            if (cmr_model_encode_tokens(m, ids, (size_t)lens[l], emb) < 0) {
+                fprintf(stderr, "bench-model: encode_tokens: %s\n", cmr_errmsg());
+                return 2;
+            }
+            tt[r] = now() - t0;
+        }
+        text_ms[l] = 1000 * median(tt, 20);
+        free(ids);
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_mb = (double)ru.ru_maxrss / 1024.0;
+    if (json) {
+        printf("{\"corename\":\"%s\",\"blas_threads\":%d,\"sgemm_gflops\":{\"qkv\":%.1f,\"mlp\":%.1f,\"ref3136\":%.1f},"
+               "\"open_s\":%.3f,\"video_s\":[",
+               openblas_get_corename(), openblas_get_num_threads(), gemm_qkv, gemm_mlp, gemm_ref, open_s);
+        for (int r = 0; r < repeat; r++)
+            printf("%s%.3f", r ? "," : "", vt[r]);
+        printf("],\"video_median_s\":%.3f,\"video_gflops\":%.1f,\"text64_median_ms\":%.2f,"
+               "\"text256_median_ms\":%.2f,\"peak_rss_mb\":%.0f,\"cosine_vs_torch\":",
+               video_s, flops / video_s / 1e9, text_ms[0], text_ms[1], rss_mb);
+        if (isnan(cosine))
+            printf("null}\n");
+        else
+            printf("%.6f}\n", cosine);
+    } else {
+        printf("OpenBLAS core %s, %d threads; sgemm %.1f GFLOP/s (qkv shape), %.1f (MLP chunk), %.1f (3136x768x768)\n",
+               openblas_get_corename(), openblas_get_num_threads(), gemm_qkv, gemm_mlp, gemm_ref);
+        printf("open %.2f s; video %.2f s/study (median of %d), %.1f GFLOP/s = %.0f%% of the qkv-shape sgemm rate\n",
+               open_s, video_s, repeat, flops / video_s / 1e9, 100 * flops / video_s / 1e9 / gemm_qkv);
+        printf("text 64 tokens %.1f ms, 256 tokens %.1f ms; peak RSS %.0f MB", text_ms[0], text_ms[1], rss_mb);
+        if (!isnan(cosine))
+            printf("; cosine to PyTorch's embedding %.6f", cosine);
+        printf("\n");
+    }
+    free(vt);
+    free(emb);
+    free(video);
+    cmr_model_close(m);
+    return 0;
+}

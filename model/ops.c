@@ -1,0 +1,331 @@
+/* Kernels of the towers.  Matrix products of weights go to OpenBLAS; the
+ * element-wise and per-row work runs in OpenMP loops; attention uses its own
+ * small-matrix kernel (see cmr_attend in model_internal.h for why). */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+
+/* Element-wise loops below this size are not worth waking threads for. */
+#define PAR_MIN 16384
+
+void openblas_set_num_threads(int n);
+
+static void blas_single_thread(void) { openblas_set_num_threads(1); }
+
+void cmr_model_threads_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, blas_single_thread);
+}
+
+/* One thread's share of y = x · w^T (+ b): rows r0..r1, columns c0..c1. */
+static void linear_part(const float *x, size_t in, const float *w, const float *b, size_t out, float *y, size_t r0,
+                        size_t r1, size_t c0, size_t c1, int acc)
+{
+    if (r1 <= r0 || c1 <= c0)
+        return;
+    if (b) {
+        for (size_t i = r0; i < r1; i++)
+            for (size_t j = c0; j < c1; j++)
+                y[i * out + j] = acc ? y[i * out + j] + b[j] : b[j];
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)(c1 - c0), (int)in, 1.0f, x + r0 * in,
+                (int)in, w + c0 * in, (int)in, (b || acc) ? 1.0f : 0.0f, y + r0 * out + c0, (int)out);
+}
+
+/* OpenBLAS runs single-threaded (cmr_model_threads_init) and the product is
+ * split here across the OpenMP threads, by rows when there are many and by
+ * output columns otherwise: OpenBLAS's own threads would spin-wait through
+ * the attention loops that follow each product and take their cores. */
+static void linear(const float *x, size_t n, size_t in, const float *w, const float *b, size_t out, float *y, int acc)
+{
+    cmr_model_threads_init();
+    int threads = omp_get_max_threads();
+    if (threads <= 1 || (double)n * (double)in * (double)out < 2e6) {
+        linear_part(x, in, w, b, out, y, 0, n, 0, out, acc);
+        return;
+    }
+    int by_rows = n >= 64 * (size_t)threads;
+#pragma omp parallel num_threads(threads)
+    {
+        size_t t = (size_t)omp_get_thread_num(), k = (size_t)omp_get_num_threads();
+        /* Boundaries on multiples of 16 keep every part's sgemm on whole
+         * vector tiles. */
+        if (by_rows) {
+            size_t r0 = n * t / k / 16 * 16, r1 = t + 1 == k ? n : n * (t + 1) / k / 16 * 16;
+            linear_part(x, in, w, b, out, y, r0, r1, 0, out, acc);
+        } else {
+            size_t c0 = out * t / k / 16 * 16, c1 = t + 1 == k ? out : out * (t + 1) / k / 16 * 16;
+            linear_part(x, in, w, b, out, y, 0, n, c0, c1, acc);
+        }
+    }
+}
+
+void cmr_linear(const float *x, size_t n, size_t in, const float *w, const float *b, size_t out, float *y)
+{
+    linear(x, n, in, w, b, out, y, 0);
+}
+
+void cmr_linear_acc(const float *x, size_t n, size_t in, const float *w, const float *b, size_t out, float *y)
+{
+    linear(x, n, in, w, b, out, y, 1);
+}
+
+void cmr_layernorm(const float *x, size_t n, size_t d, const float *w, const float *b, float eps, float *y)
+{
+#pragma omp parallel for if (n * d >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        const float *r = x + i * d;
+        float *o = y + i * d;
+        /* Two passes in double: the variance of a row with a large mean
+         * loses everything in a one-pass float formula. */
+        double mean = 0, var = 0;
+        for (size_t j = 0; j < d; j++)
+            mean += r[j];
+        mean /= (double)d;
+        for (size_t j = 0; j < d; j++)
+            var += ((double)r[j] - mean) * ((double)r[j] - mean);
+        var /= (double)d;
+        float m = (float)mean, inv = (float)(1.0 / sqrt(var + (double)eps));
+        for (size_t j = 0; j < d; j++)
+            o[j] = (r[j] - m) * inv * w[j] + b[j];
+    }
+}
+
+void cmr_gelu(float *x, size_t n)
+{
+#pragma omp parallel for if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+void cmr_relu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = x[i] > 0 ? x[i] : 0;
+}
+
+void cmr_add(float *y, const float *x, size_t n)
+{
+#pragma omp parallel for if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+void cmr_l2_normalize(float *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    if (s > 0) {
+        float inv = (float)(1.0 / sqrt(s));
+        for (size_t i = 0; i < n; i++)
+            x[i] *= inv;
+    }
+}
+
+void cmr_softmax_scaled(float *s, size_t n, float scale)
+{
+    float mx = -INFINITY;
+    for (size_t j = 0; j < n; j++)
+        mx = s[j] > mx ? s[j] : mx;
+    double sum = 0;
+    for (size_t j = 0; j < n; j++) {
+        s[j] = expf((s[j] - mx) * scale);
+        sum += s[j];
+    }
+    float inv = (float)(1.0 / sum);
+    for (size_t j = 0; j < n; j++)
+        s[j] *= inv;
+}
+
+/* ---- attention ------------------------------------------------------------------
+ * Register-tiled with GCC/Clang vector extensions: 16 floats per vector,
+ * one zmm register under AVX-512 and two ymm under AVX2; the clones let one
+ * binary use what the CPU has. */
+typedef float v16 __attribute__((vector_size(64)));
+
+#define KT_PAD 32 /* the key dimension is padded to whole 2-vector tiles */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__) && !defined(CMR_NO_CLONES)
+#define CMR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CMR_CLONES
+#endif
+
+static inline v16 load16(const float *p)
+{
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+size_t cmr_attend_scratch(size_t nq, size_t nk, size_t dh)
+{
+    size_t nkp = (nk + KT_PAD - 1) / KT_PAD * KT_PAD;
+    return (dh + nq) * nkp;
+}
+
+/* s[nq][nkp] = q · kt, 4 query rows x 32 keys per tile. */
+CMR_CLONES static void scores(const float *q, size_t q_stride, size_t nq, const float *kt, size_t nkp, size_t dh,
+                              float *s)
+{
+    size_t i = 0;
+    for (; i + 4 <= nq; i += 4) {
+        const float *q0 = q + i * q_stride, *q1 = q0 + q_stride, *q2 = q1 + q_stride, *q3 = q2 + q_stride;
+        for (size_t j = 0; j < nkp; j += 32) {
+            v16 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+            for (size_t d = 0; d < dh; d++) {
+                v16 k0 = load16(kt + d * nkp + j), k1 = load16(kt + d * nkp + j + 16);
+                a00 += q0[d] * k0;
+                a01 += q0[d] * k1;
+                a10 += q1[d] * k0;
+                a11 += q1[d] * k1;
+                a20 += q2[d] * k0;
+                a21 += q2[d] * k1;
+                a30 += q3[d] * k0;
+                a31 += q3[d] * k1;
+            }
+            float *r = s + i * nkp + j;
+            store16(r, a00), store16(r + 16, a01);
+            store16(r + nkp, a10), store16(r + nkp + 16, a11);
+            store16(r + 2 * nkp, a20), store16(r + 2 * nkp + 16, a21);
+            store16(r + 3 * nkp, a30), store16(r + 3 * nkp + 16, a31);
+        }
+    }
+    for (; i < nq; i++) {
+        const float *qi = q + i * q_stride;
+        for (size_t j = 0; j < nkp; j += 32) {
+            v16 a0 = {0}, a1 = {0};
+            for (size_t d = 0; d < dh; d++) {
+                a0 += qi[d] * load16(kt + d * nkp + j);
+                a1 += qi[d] * load16(kt + d * nkp + j + 16);
+            }
+            store16(s + i * nkp + j, a0);
+            store16(s + i * nkp + j + 16, a1);
+        }
+    }
+}
+
+/* out[nq][dh] = p[nq][nk] · v[nk][dh], 4 rows x 32 columns per tile; dh a
+ * multiple of 32. */
+CMR_CLONES static void weighted_values(const float *p, size_t nkp, size_t nq, const float *v, size_t kv_stride,
+                                       size_t nk, size_t dh, float *out, size_t out_stride)
+{
+    size_t i = 0;
+    for (; i + 4 <= nq; i += 4) {
+        const float *p0 = p + i * nkp, *p1 = p0 + nkp, *p2 = p1 + nkp, *p3 = p2 + nkp;
+        for (size_t c = 0; c < dh; c += 32) {
+            v16 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+            for (size_t j = 0; j < nk; j++) {
+                v16 v0 = load16(v + j * kv_stride + c), v1 = load16(v + j * kv_stride + c + 16);
+                a00 += p0[j] * v0;
+                a01 += p0[j] * v1;
+                a10 += p1[j] * v0;
+                a11 += p1[j] * v1;
+                a20 += p2[j] * v0;
+                a21 += p2[j] * v1;
+                a30 += p3[j] * v0;
+                a31 += p3[j] * v1;
+            }
+            float *o = out + i * out_stride + c;
+            store16(o, a00), store16(o + 16, a01);
+            store16(o + out_stride, a10), store16(o + out_stride + 16, a11);
+            store16(o + 2 * out_stride, a20), store16(o + 2 * out_stride + 16, a21);
+            store16(o + 3 * out_stride, a30), store16(o + 3 * out_stride + 16, a31);
+        }
+    }
+    for (; i < nq; i++) {
+        const float *pi = p + i * nkp;
+        for (size_t c = 0; c < dh; c += 32) {
+            v16 a0 = {0}, a1 = {0};
+            for (size_t j = 0; j < nk; j++) {
+                a0 += pi[j] * load16(v + j * kv_stride + c);
+                a1 += pi[j] * load16(v + j * kv_stride + c + 16);
+            }
+            store16(out + i * out_stride + c, a0);
+            store16(out + i * out_stride + c + 16, a1);
+        }
+    }
+}
+
+/* Head widths that are not a multiple of 32 (small test models). */
+static void weighted_values_any(const float *p, size_t nkp, size_t nq, const float *v, size_t kv_stride, size_t nk,
+                                size_t dh, float *out, size_t out_stride)
+{
+    for (size_t i = 0; i < nq; i++) {
+        float *oi = out + i * out_stride;
+        memset(oi, 0, dh * sizeof *oi);
+        for (size_t j = 0; j < nk; j++) {
+            float a = p[i * nkp + j];
+            const float *vj = v + j * kv_stride;
+            for (size_t d = 0; d < dh; d++)
+                oi[d] += a * vj[d];
+        }
+    }
+}
+
+void cmr_attend(const float *q, size_t q_stride, size_t nq, const float *k, const float *v, size_t kv_stride,
+                size_t nk, size_t dh, float *out, size_t out_stride, float *scratch)
+{
+    /* Keys transposed to [dh][nkp], zero-padded: the padded scores are
+     * computed and ignored. */
+    size_t nkp = (nk + KT_PAD - 1) / KT_PAD * KT_PAD;
+    float *kt = scratch, *s = scratch + dh * nkp;
+    for (size_t d = 0; d < dh; d++) {
+        for (size_t j = 0; j < nk; j++)
+            kt[d * nkp + j] = k[j * kv_stride + d];
+        memset(kt + d * nkp + nk, 0, (nkp - nk) * sizeof *kt);
+    }
+    scores(q, q_stride, nq, kt, nkp, dh, s);
+    float scale = 1.0f / sqrtf((float)dh);
+    for (size_t i = 0; i < nq; i++)
+        cmr_softmax_scaled(s + i * nkp, nk, scale);
+    if (dh % 32 == 0)
+        weighted_values(s, nkp, nq, v, kv_stride, nk, dh, out, out_stride);
+    else
+        weighted_values_any(s, nkp, nq, v, kv_stride, nk, dh, out, out_stride);
+}
+
+/* ---- arena ---------------------------------------------------------------------- */
+
+#define ARENA_ALIGN 16 /* floats: 64 bytes */
+
+float *cmr_arena_take(cmr_arena *a, size_t n)
+{
+    size_t at = (a->used + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
+    a->used = at + n;
+    if (!a->base || a->used > a->cap)
+        return NULL;
+    return a->base + at;
+}
+
+int cmr_arena_reserve(cmr_arena *a, size_t n)
+{
+    a->used = 0;
+    if (a->base && n <= a->cap)
+        return 0;
+    free(a->base);
+    a->base = NULL;
+    a->cap = 0;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n * sizeof(float)) != 0)
+        return cmr_fail(CMR_ENOMEM, "model workspace: cannot allocate %zu MB", n * sizeof(float) >> 20);
+    a->base = p;
+    a->cap = n;
+    return 0;
+}
+
+void cmr_arena_release(cmr_arena *a)
+{
+    free(a->base);
+    a->base = NULL;
+    a->cap = a->used = 0;
+}

@@ -1,0 +1,289 @@
+/* safetensors reading: 8-byte little-endian header length, a JSON header,
+ * raw little-endian tensor bytes.  The header is untrusted input: every
+ * offset, shape and dtype is checked before a byte of data is touched. */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model_internal.h"
+
+/* A header larger than this is not a model we wrote or converted. */
+#define ST_MAX_HEADER (100u << 20)
+
+static const struct {
+    const char *name;
+    cmr_dtype dtype;
+    size_t size;
+} dtypes[] = {
+    {"F32", CMR_F32, 4}, {"F16", CMR_F16, 2}, {"BF16", CMR_BF16, 2}, {"I64", CMR_I64, 8}, {"I32", CMR_I32, 4},
+    {"F64", CMR_DTYPE_OTHER, 8}, {"I16", CMR_DTYPE_OTHER, 2}, {"I8", CMR_DTYPE_OTHER, 1},
+    {"U8", CMR_DTYPE_OTHER, 1}, {"BOOL", CMR_DTYPE_OTHER, 1},
+};
+
+static int cmp_tensor(const void *a, const void *b)
+{
+    return strcmp(((const cmr_st_tensor *)a)->name, ((const cmr_st_tensor *)b)->name);
+}
+
+void cmr_st_close(cmr_st_file *f)
+{
+    if (!f)
+        return;
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        free(f->tensors[i].name);
+        free(f->tensors[i].widened);
+    }
+    free(f->tensors);
+    if (f->map)
+        munmap((void *)f->map, f->map_len);
+    free(f->metadata_json);
+    free(f->path);
+    free(f);
+}
+
+static int parse_tensor(cmr_st_file *f, const char *name, json_t *spec, const uint8_t *data, size_t data_len,
+                        cmr_st_tensor *t)
+{
+    json_t *dt = json_object_get(spec, "dtype"), *shape = json_object_get(spec, "shape"),
+           *offs = json_object_get(spec, "data_offsets");
+    if (!json_is_string(dt) || !json_is_array(shape) || !json_is_array(offs) || json_array_size(offs) != 2)
+        return cmr_fail(CMR_EFORMAT, "%s: tensor %s: header entry needs dtype, shape and data_offsets[2]", f->path,
+                        name);
+    size_t elem = 0;
+    t->dtype = CMR_DTYPE_OTHER;
+    for (size_t i = 0; i < sizeof dtypes / sizeof *dtypes; i++)
+        if (!strcmp(json_string_value(dt), dtypes[i].name)) {
+            t->dtype = dtypes[i].dtype;
+            elem = dtypes[i].size;
+        }
+    if (!elem)
+        return cmr_fail(CMR_EFORMAT, "%s: tensor %s: unknown dtype \"%s\"", f->path, name, json_string_value(dt));
+    snprintf(t->dtype_name, sizeof t->dtype_name, "%s", json_string_value(dt));
+    if (json_array_size(shape) > CMR_ST_MAX_DIMS)
+        return cmr_fail(CMR_EFORMAT, "%s: tensor %s: %zu dimensions, at most %d supported", f->path, name,
+                        json_array_size(shape), CMR_ST_MAX_DIMS);
+    t->ndim = (int)json_array_size(shape);
+    size_t n = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        json_t *v = json_array_get(shape, (size_t)d);
+        if (!json_is_integer(v) || json_integer_value(v) < 0)
+            return cmr_fail(CMR_EFORMAT, "%s: tensor %s: bad shape entry %d", f->path, name, d);
+        t->shape[d] = json_integer_value(v);
+        if (t->shape[d] && n > SIZE_MAX / (size_t)t->shape[d])
+            return cmr_fail(CMR_EFORMAT, "%s: tensor %s: shape overflows", f->path, name);
+        n *= (size_t)t->shape[d];
+    }
+    json_t *b = json_array_get(offs, 0), *e = json_array_get(offs, 1);
+    if (!json_is_integer(b) || !json_is_integer(e) || json_integer_value(b) < 0 ||
+        json_integer_value(e) < json_integer_value(b) || (uint64_t)json_integer_value(e) > data_len)
+        return cmr_fail(CMR_EFORMAT, "%s: tensor %s: data_offsets outside the file's %zu data bytes", f->path, name,
+                        data_len);
+    size_t begin = (size_t)json_integer_value(b), end = (size_t)json_integer_value(e);
+    if (n > SIZE_MAX / elem || end - begin != n * elem)
+        return cmr_fail(CMR_EFORMAT, "%s: tensor %s: %zu bytes of data for %zu %s elements", f->path, name,
+                        end - begin, n, t->dtype_name);
+    t->n_elems = n;
+    t->data = data + begin;
+    t->n_bytes = end - begin;
+    t->name = strdup(name);
+    return t->name ? 0 : cmr_fail(CMR_ENOMEM, "out of memory");
+}
+
+int cmr_st_open(const char *path, cmr_st_file **out)
+{
+    *out = NULL;
+    int fd = -1, rc;
+    json_t *root = NULL;
+    cmr_st_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(path))) {
+        rc = cmr_fail(CMR_ENOMEM, "out of memory");
+        goto fail;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        rc = cmr_fail(errno == ENOENT ? CMR_ENOTFOUND : CMR_EIO, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        rc = cmr_fail(CMR_EIO, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (st.st_size < 8) {
+        rc = cmr_fail(CMR_EFORMAT, "%s: %lld bytes, too short for a safetensors file", path, (long long)st.st_size);
+        goto fail;
+    }
+    f->map_len = (size_t)st.st_size;
+    void *map = mmap(NULL, f->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+        rc = cmr_fail(CMR_EIO, "%s: mmap: %s", path, strerror(errno));
+        goto fail;
+    }
+    f->map = map;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | f->map[i];
+    if (hlen < 2 || hlen > ST_MAX_HEADER || hlen > f->map_len - 8) {
+        rc = cmr_fail(CMR_EFORMAT, "%s: header length %llu does not fit the file (%zu bytes): not safetensors", path,
+                      (unsigned long long)hlen, f->map_len);
+        goto fail;
+    }
+    json_error_t jerr;
+    root = json_loadb((const char *)f->map + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root || !json_is_object(root)) {
+        rc = cmr_fail(CMR_EFORMAT, "%s: header is not a JSON object (%s at byte %d)", path,
+                      root ? "not an object" : jerr.text, root ? 0 : jerr.position);
+        goto fail;
+    }
+    const uint8_t *data = f->map + 8 + hlen;
+    size_t data_len = f->map_len - 8 - (size_t)hlen;
+    f->tensors = calloc(json_object_size(root) + 1, sizeof *f->tensors);
+    if (!f->tensors) {
+        rc = cmr_fail(CMR_ENOMEM, "out of memory");
+        goto fail;
+    }
+    const char *key;
+    json_t *value;
+    json_object_foreach(root, key, value)
+    {
+        if (!strcmp(key, "__metadata__")) {
+            if (!json_is_object(value)) {
+                rc = cmr_fail(CMR_EFORMAT, "%s: __metadata__ is not an object", path);
+                goto fail;
+            }
+            if (!(f->metadata_json = json_dumps(value, JSON_COMPACT))) {
+                rc = cmr_fail(CMR_ENOMEM, "out of memory");
+                goto fail;
+            }
+            continue;
+        }
+        if (!json_is_object(value)) {
+            rc = cmr_fail(CMR_EFORMAT, "%s: header entry %s is not an object", path, key);
+            goto fail;
+        }
+        if ((rc = parse_tensor(f, key, value, data, data_len, &f->tensors[f->n_tensors])) < 0)
+            goto fail;
+        f->n_tensors++;
+    }
+    qsort(f->tensors, f->n_tensors, sizeof *f->tensors, cmp_tensor);
+    json_decref(root);
+    close(fd);
+    *out = f;
+    return 0;
+fail:
+    json_decref(root);
+    if (fd >= 0)
+        close(fd);
+    cmr_st_close(f);
+    return rc;
+}
+
+const cmr_st_tensor *cmr_st_find(const cmr_st_file *f, const char *name)
+{
+    cmr_st_tensor key = {.name = (char *)name};
+    return bsearch(&key, f->tensors, f->n_tensors, sizeof *f->tensors, cmp_tensor);
+}
+
+char *cmr_st_metadata(const cmr_st_file *f, const char *key)
+{
+    /* Rare and small: parse on demand rather than keep a JSON tree. */
+    if (!f->metadata_json)
+        return NULL;
+    json_t *m = json_loads(f->metadata_json, 0, NULL);
+    json_t *v = m ? json_object_get(m, key) : NULL;
+    char *r = json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+    json_decref(m);
+    return r;
+}
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | mant << 13;
+    } else if (exp) {
+        bits = sign | (exp + 112) << 23 | mant << 13;
+    } else if (!mant) {
+        bits = sign;
+    } else {
+        /* Subnormal half: normalise into a float. */
+        int e = -1;
+        do {
+            mant <<= 1;
+            e++;
+        } while (!(mant & 0x400));
+        bits = sign | (uint32_t)(112 - e) << 23 | (mant & 0x3ff) << 13;
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+static void shape_text(const int64_t *shape, int ndim, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && n < cap; d++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (n < cap)
+        snprintf(buf + n, cap - n, "]");
+}
+
+int cmr_st_f32(cmr_st_file *f, const char *name, int ndim, const int64_t *shape, const float **out)
+{
+    *out = NULL;
+    cmr_st_tensor *t = (cmr_st_tensor *)cmr_st_find(f, name);
+    if (!t)
+        return cmr_fail(CMR_EFORMAT, "%s: tensor %s is missing", f->path, name);
+    int ok = t->ndim == ndim;
+    for (int d = 0; ok && d < ndim; d++)
+        ok = shape[d] < 0 || shape[d] == t->shape[d];
+    if (!ok) {
+        char want[128], got[128];
+        shape_text(shape, ndim, want, sizeof want);
+        shape_text(t->shape, t->ndim, got, sizeof got);
+        return cmr_fail(CMR_EFORMAT, "%s: tensor %s has shape %s, expected %s", f->path, name, got, want);
+    }
+    if (t->dtype != CMR_F32 && t->dtype != CMR_F16 && t->dtype != CMR_BF16)
+        return cmr_fail(CMR_EFORMAT, "%s: tensor %s has dtype %s; F32, F16 or BF16 expected", f->path, name,
+                        t->dtype_name);
+    if (t->dtype == CMR_F32 && ((uintptr_t)t->data & 3) == 0 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) {
+        *out = (const float *)t->data;
+        return 0;
+    }
+    if (!t->widened) {
+        float *w = malloc((t->n_elems ? t->n_elems : 1) * sizeof *w);
+        if (!w)
+            return cmr_fail(CMR_ENOMEM, "%s: tensor %s: out of memory", f->path, name);
+        for (size_t i = 0; i < t->n_elems; i++) {
+            if (t->dtype == CMR_F32) {
+                memcpy(&w[i], t->data + 4 * i, 4);
+            } else {
+                uint16_t h = (uint16_t)(t->data[2 * i] | t->data[2 * i + 1] << 8);
+                if (t->dtype == CMR_F16) {
+                    w[i] = half_to_float(h);
+                } else {
+                    uint32_t bits = (uint32_t)h << 16;
+                    memcpy(&w[i], &bits, 4);
+                }
+            }
+        }
+        t->widened = w;
+    }
+    *out = t->widened;
+    return 0;
+}
+
+int cmr_st_bind(cmr_st_file *f, const char *prefix, const char *name, int ndim, const int64_t *shape,
+                const float **out)
+{
+    char full[256];
+    if (snprintf(full, sizeof full, "%s%s", prefix, name) >= (int)sizeof full)
+        return cmr_fail(CMR_EINVAL, "tensor name too long: %s%s", prefix, name);
+    return cmr_st_f32(f, full, ndim, shape, out);
+}

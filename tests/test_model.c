@@ -1,0 +1,559 @@
+/* model/: the CMR-CLIP towers in C against an independent PyTorch
+ * implementation (tests/reference/cmrclip_torch.py), whose outputs at every
+ * stage tests/reference/make_model_fixtures.py stored in
+ * tests/fixtures/model/.  CI needs no PyTorch: the fixtures are committed.
+ *
+ * Agreement asked for: at every stage, max |c - ref| / max |ref| ≤ 1e-4 over
+ * the stage's tensor.  (An element-wise relative error is meaningless for
+ * values that cancel to ~0: PyTorch's own float32 run is 2.8e-3 from the
+ * float64 reference there.)  The references are float64 computations of
+ * the float32 weights and inputs, rounded to float32. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "model_internal.h"
+#include "test_util.h"
+
+#define FIX CMR_SOURCE_DIR "/tests/fixtures/model/"
+#define TOL 1e-4
+
+static double worst; /* largest relative error seen, for the summary */
+
+/* ---- fixtures ------------------------------------------------------------------------------------ */
+
+static cmr_st_file *open_fixture(const char *name)
+{
+    cmr_st_file *f = NULL;
+    int rc = cmr_st_open(name, &f);
+    if (rc < 0)
+        fail_msg("%s: %s (%s): rerun tests/reference/make_model_fixtures.py", name, cmr_strerror(rc), cmr_errmsg());
+    return f;
+}
+
+static const cmr_st_tensor *tensor(const cmr_st_file *f, const char *name)
+{
+    const cmr_st_tensor *t = cmr_st_find(f, name);
+    if (!t)
+        fail_msg("%s: fixture tensor %s missing", f->path, name);
+    return t;
+}
+
+static const float *f32(cmr_st_file *f, const char *name, const cmr_st_tensor **t)
+{
+    *t = tensor(f, name);
+    const float *p = NULL;
+    int64_t shape[CMR_ST_MAX_DIMS];
+    memcpy(shape, (*t)->shape, sizeof shape);
+    if (cmr_st_f32(f, name, (*t)->ndim, shape, &p) < 0)
+        fail_msg("%s", cmr_errmsg());
+    return p;
+}
+
+static int64_t int_at(const cmr_st_tensor *t, size_t i)
+{
+    if (t->dtype == CMR_I32) {
+        int32_t v;
+        memcpy(&v, t->data + 4 * i, 4);
+        return v;
+    }
+    if (t->dtype == CMR_I64) {
+        int64_t v;
+        memcpy(&v, t->data + 8 * i, 8);
+        return v;
+    }
+    fail_msg("%s: integer tensor expected, got %s", t->name, t->dtype_name);
+    return 0;
+}
+
+static double rel_error(const float *got, const float *want, size_t n)
+{
+    double mx = 0, err = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i]))
+            return INFINITY;
+        mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
+        double e = fabs((double)got[i] - want[i]);
+        err = e > err ? e : err;
+    }
+    return mx > 0 ? err / mx : err;
+}
+
+static void expect_close(const char *what, const float *got, const float *want, size_t n)
+{
+    double e = rel_error(got, want, n);
+    worst = e > worst ? e : worst;
+    if (!(e <= TOL))
+        fail_msg("%s: max relative error %.3g > %.0e", what, e, TOL);
+}
+
+/* ---- probes: every stage of a forward pass against its fixture ------------------------------------ */
+
+typedef struct probe_ctx {
+    cmr_st_file *io;
+    const char *prefix; /* "video." or "video3." fixture prefix */
+    size_t batch;       /* row of the fixture's batch dimension */
+    size_t checked;
+    char last_error[256];
+} probe_ctx;
+
+static void on_stage(void *ctx, const char *stage, const float *data, size_t rows, size_t cols)
+{
+    probe_ctx *p = ctx;
+    char name[96];
+    /* The model names stages "video.x" / "text.x"; fixtures may use another prefix. */
+    const char *dot = strchr(stage, '.');
+    snprintf(name, sizeof name, "%s%s", p->prefix, dot + 1);
+    const cmr_st_tensor *t = cmr_st_find(p->io, name);
+    if (!t)
+        return;
+    const float *want = NULL;
+    int64_t shape[CMR_ST_MAX_DIMS];
+    memcpy(shape, t->shape, sizeof shape);
+    assert_int_equal(cmr_st_f32(p->io, name, t->ndim, shape, &want), 0);
+    /* [B][rows][cols] (padded text rows beyond `rows` are ignored) or [B][cols]. */
+    size_t per_batch = t->n_elems / (size_t)t->shape[0];
+    size_t fix_cols = (size_t)t->shape[t->ndim - 1];
+    assert_int_equal(fix_cols, cols);
+    assert_true(rows * cols <= per_batch);
+    expect_close(name, data, want + p->batch * per_batch, rows * cols);
+    p->checked++;
+}
+
+/* ---- the small model, end to end ------------------------------------------------------------------ */
+
+static cmr_model *open_small(void)
+{
+    cmr_model *m = NULL;
+    int rc = cmr_model_open(FIX "small", &m);
+    if (rc < 0)
+        fail_msg("open " FIX "small: %s: %s", cmr_strerror(rc), cmr_errmsg());
+    return m;
+}
+
+static void check_video(const char *prefix, size_t expect_stages)
+{
+    cmr_model *m = open_small();
+    cmr_st_file *io = open_fixture(FIX "small_io.safetensors");
+    char name[64];
+    snprintf(name, sizeof name, "%sinput", prefix);
+    const cmr_st_tensor *in;
+    const float *video = f32(io, name, &in);
+    assert_int_equal(in->ndim, 5);
+    const cmr_model_input *spec = cmr_model_input_spec(m);
+    assert_int_equal(in->shape[2], spec->channels);
+    assert_int_equal(in->shape[3], spec->size);
+    size_t per = in->n_elems / (size_t)in->shape[0];
+    unsigned dim = cmr_model_dim(m);
+    float *emb = malloc(dim * sizeof *emb);
+    for (size_t b = 0; b < (size_t)in->shape[0]; b++) {
+        probe_ctx p = {.io = io, .prefix = prefix, .batch = b};
+        cmr_model_set_probe(m, on_stage, &p);
+        int rc = cmr_model_encode_study(m, video + b * per, (unsigned)in->shape[1], emb);
+        if (rc < 0)
+            fail_msg("encode_study: %s", cmr_errmsg());
+        assert_int_equal(p.checked, expect_stages);
+        double norm = 0;
+        for (unsigned i = 0; i < dim; i++)
+            norm += (double)emb[i] * emb[i];
+        assert_true(fabs(norm - 1) < 1e-5);
+    }
+    free(emb);
+    cmr_st_close(io);
+    cmr_model_close(m);
+}
+
+static void test_small_video(void **state)
+{
+    (void)state;
+    /* tokens, 2 blocks x (time, out), final norm, projection */
+    check_video("video.", 1 + 2 * 2 + 1 + 1);
+}
+
+static void test_small_video_fewer_frames(void **state)
+{
+    (void)state;
+    check_video("video3.", 3); /* tokens, final norm, projection */
+}
+
+static void test_small_text(void **state)
+{
+    (void)state;
+    cmr_model *m = open_small();
+    cmr_st_file *io = open_fixture(FIX "small_io.safetensors");
+    const cmr_st_tensor *ids = tensor(io, "text.input_ids"), *mask = tensor(io, "text.attention_mask");
+    assert_int_equal(ids->ndim, 2);
+    size_t B = (size_t)ids->shape[0], L = (size_t)ids->shape[1];
+    int32_t *row = malloc(L * sizeof *row);
+    float *emb = malloc(cmr_model_dim(m) * sizeof *emb);
+    for (size_t b = 0; b < B; b++) {
+        size_t n = 0;
+        for (size_t i = 0; i < L; i++)
+            if (int_at(mask, b * L + i))
+                row[n++] = (int32_t)int_at(ids, b * L + i);
+        probe_ctx p = {.io = io, .prefix = "text.", .batch = b};
+        cmr_model_set_probe(m, on_stage, &p);
+        int rc = cmr_model_encode_tokens(m, row, n, emb);
+        if (rc < 0)
+            fail_msg("encode_tokens: %s", cmr_errmsg());
+        /* embeddings, 2 layers, mean, projection */
+        assert_int_equal(p.checked, 1 + 2 + 1 + 1);
+    }
+    free(row);
+    free(emb);
+    cmr_st_close(io);
+    cmr_model_close(m);
+}
+
+/* ---- one full-size block, weights from the shared generator ---------------------------------------- */
+
+/* splitmix64 over FNV-1a of the name: the fixtures' README documents it and
+ * make_model_fixtures.py implements the same, bit for bit. */
+static float *generate(const char *name, size_t n, double scale, double offset)
+{
+    uint64_t state = 0xcbf29ce484222325ull;
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        state = (state ^ *c) * 0x100000001b3ull;
+    float *w = malloc(n * sizeof *w);
+    assert_non_null(w);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t z = test_rng(&state);
+        double u = (double)(z >> 40) / 16777216.0;
+        w[i] = (float)(offset + scale * (2.0 * u - 1.0));
+    }
+    return w;
+}
+
+typedef struct gen_set {
+    json_t *recipe;
+    float *owned[64];
+    size_t n_owned;
+} gen_set;
+
+static const float *gen(gen_set *g, const char *name, size_t expect_elems)
+{
+    json_t *r = json_object_get(g->recipe, name);
+    if (!r)
+        fail_msg("generated tensor %s not in the fixture's recipe", name);
+    size_t n = 1;
+    json_t *dim;
+    size_t i;
+    json_array_foreach(json_object_get(r, "shape"), i, dim) n *= (size_t)json_integer_value(dim);
+    assert_int_equal(n, expect_elems);
+    assert_true(g->n_owned < 64);
+    float *w = generate(name, n, json_number_value(json_object_get(r, "scale")),
+                        json_number_value(json_object_get(r, "offset")));
+    g->owned[g->n_owned++] = w;
+    return w;
+}
+
+static void test_full_size_block(void **state)
+{
+    (void)state;
+    cmr_st_file *io = open_fixture(FIX "block768_io.safetensors");
+    char *recipe = cmr_st_metadata(io, "generated");
+    assert_non_null(recipe);
+    gen_set g = {.recipe = json_loads(recipe, 0, NULL)};
+    assert_non_null(g.recipe);
+    free(recipe);
+    const size_t D = 768, M = 3072;
+    cmr_vit_config vc = {.dim = 768, .depth = 1, .heads = 12, .mlp_dim = 3072, .patch = 16, .image_size = 32,
+                         .channels = 3, .num_frames = 2, .ln_eps = 1e-6f};
+    const char *p = "video_model.blocks.0.";
+    char n[128];
+#define G(suffix, count) (snprintf(n, sizeof n, "%s%s", p, suffix), gen(&g, n, (count)))
+    cmr_vit_block b = {
+        .norm1_w = G("norm1.weight", D), .norm1_b = G("norm1.bias", D), .norm2_w = G("norm2.weight", D),
+        .norm2_b = G("norm2.bias", D), .norm3_w = G("norm3.weight", D), .norm3_b = G("norm3.bias", D),
+        .qkv_w = G("attn.qkv.weight", 3 * D * D), .qkv_b = G("attn.qkv.bias", 3 * D),
+        .proj_w = G("attn.proj.weight", D * D), .proj_b = G("attn.proj.bias", D),
+        .tqkv_w = G("timeattn.qkv.weight", 3 * D * D), .tqkv_b = G("timeattn.qkv.bias", 3 * D),
+        .tproj_w = G("timeattn.proj.weight", D * D), .tproj_b = G("timeattn.proj.bias", D),
+        .fc1_w = G("mlp.fc1.weight", M * D), .fc1_b = G("mlp.fc1.bias", M), .fc2_w = G("mlp.fc2.weight", D * M),
+        .fc2_b = G("mlp.fc2.bias", D)};
+    const cmr_st_tensor *t;
+    const float *in = f32(io, "block.input", &t);
+    size_t T = (size_t)t->shape[1];
+    assert_int_equal(T, 1 + 2 * 4);
+    float *x = malloc(T * D * sizeof *x);
+    memcpy(x, in, T * D * sizeof *x);
+    cmr_arena ws = {0};
+    probe_ctx pc = {.io = io, .prefix = "", .batch = 0};
+    assert_int_equal(cmr_vit_block_forward(&vc, &b, x, 2, 4, &ws, on_stage, &pc), 0);
+    assert_int_equal(pc.checked, 1); /* block.time */
+    expect_close("block.out", x, f32(io, "block.out", &t), T * D);
+    free(x);
+
+    p = "text_model.encoder.layer.0.";
+    cmr_bert_config bc = {.vocab_size = 2, .hidden = 768, .layers = 1, .heads = 12, .intermediate = 3072,
+                          .max_position = 512, .type_vocab = 2, .ln_eps = 1e-12f};
+    cmr_bert_layer L = {.q_w = G("attention.self.query.weight", D * D), .q_b = G("attention.self.query.bias", D),
+                        .k_w = G("attention.self.key.weight", D * D), .k_b = G("attention.self.key.bias", D),
+                        .v_w = G("attention.self.value.weight", D * D), .v_b = G("attention.self.value.bias", D),
+                        .ao_w = G("attention.output.dense.weight", D * D),
+                        .ao_b = G("attention.output.dense.bias", D),
+                        .aln_w = G("attention.output.LayerNorm.weight", D),
+                        .aln_b = G("attention.output.LayerNorm.bias", D),
+                        .i_w = G("intermediate.dense.weight", M * D), .i_b = G("intermediate.dense.bias", M),
+                        .o_w = G("output.dense.weight", D * M), .o_b = G("output.dense.bias", D),
+                        .oln_w = G("output.LayerNorm.weight", D), .oln_b = G("output.LayerNorm.bias", D)};
+#undef G
+    const float *bin = f32(io, "bert.input", &t);
+    size_t L_n = (size_t)t->shape[1];
+    x = malloc(L_n * D * sizeof *x);
+    memcpy(x, bin, L_n * D * sizeof *x);
+    assert_int_equal(cmr_bert_layer_forward(&bc, &L, x, L_n, &ws), 0);
+    expect_close("bert.out", x, f32(io, "bert.out", &t), L_n * D);
+    free(x);
+    cmr_arena_release(&ws);
+    for (size_t i = 0; i < g.n_owned; i++)
+        free(g.owned[i]);
+    json_decref(g.recipe);
+    cmr_st_close(io);
+}
+
+/* ---- loading: formats, dtypes and the errors a user sees --------------------------------------------- */
+
+/* Write a safetensors file from a header text and data bytes. */
+static void write_st(const char *path, const char *header, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    uint64_t n = strlen(header);
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(n >> (8 * i));
+    assert_int_equal(fwrite(le, 1, 8, f), 8);
+    assert_int_equal(fwrite(header, 1, n, f), n);
+    if (len)
+        assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void expect_open_error(const char *path, int code, const char *needle)
+{
+    cmr_st_file *f = NULL;
+    int rc = cmr_st_open(path, &f);
+    assert_null(f);
+    assert_int_equal(rc, code);
+    if (!strstr(cmr_errmsg(), needle))
+        fail_msg("message \"%s\" does not mention \"%s\"", cmr_errmsg(), needle);
+}
+
+static void test_safetensors_errors(void **state)
+{
+    (void)state;
+    char *dir = test_tmpdir();
+    assert_non_null(dir);
+    char path[512];
+    snprintf(path, sizeof path, "%s/w.safetensors", dir);
+    float data[4] = {1, 2, 3, 4};
+
+    write_st(path, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,20]}}", data, sizeof data);
+    expect_open_error(path, CMR_EFORMAT, "data_offsets");
+    write_st(path, "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}", data, sizeof data);
+    expect_open_error(path, CMR_EFORMAT, "16 bytes of data for 3 F32");
+    write_st(path, "{\"a\":{\"dtype\":\"Q4\",\"shape\":[4],\"data_offsets\":[0,16]}}", data, sizeof data);
+    expect_open_error(path, CMR_EFORMAT, "unknown dtype");
+    write_st(path, "{\"a\":", data, sizeof data);
+    expect_open_error(path, CMR_EFORMAT, "not a JSON object");
+    FILE *f = fopen(path, "wb");
+    fputs("\xff\xff\xff\xff\xff\xff\xff\x7f{}", f);
+    fclose(f);
+    expect_open_error(path, CMR_EFORMAT, "header length");
+    snprintf(path, sizeof path, "%s/absent.safetensors", dir);
+    expect_open_error(path, CMR_ENOTFOUND, "absent.safetensors");
+
+    /* Widening: F16 and BF16 values, a shape check that names the tensor. */
+    snprintf(path, sizeof path, "%s/w.safetensors", dir);
+    uint16_t halves[4] = {0x3c00, 0xc000, 0x0001, 0x7bff}; /* 1, -2, smallest subnormal, 65504 */
+    uint16_t bf[2] = {0x3f80, 0xc0a0};                     /* 1, -5 */
+    uint8_t raw[12];
+    memcpy(raw, halves, 8);
+    memcpy(raw + 8, bf, 4);
+    write_st(path,
+             "{\"h\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]},"
+             "\"b\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[8,12]},"
+             "\"__metadata__\":{\"k\":\"v\"}}",
+             raw, sizeof raw);
+    cmr_st_file *st = NULL;
+    assert_int_equal(cmr_st_open(path, &st), 0);
+    const float *v = NULL;
+    int64_t s4[1] = {4}, s2[1] = {2}, wrong[1] = {5};
+    assert_int_equal(cmr_st_f32(st, "h", 1, s4, &v), 0);
+    assert_true(v[0] == 1.0f && v[1] == -2.0f && v[2] == ldexpf(1, -24) && v[3] == 65504.0f);
+    assert_int_equal(cmr_st_f32(st, "b", 1, s2, &v), 0);
+    assert_true(v[0] == 1.0f && v[1] == -5.0f);
+    assert_int_equal(cmr_st_f32(st, "b", 1, wrong, &v), CMR_EFORMAT);
+    assert_non_null(strstr(cmr_errmsg(), "tensor b has shape [2], expected [5]"));
+    assert_int_equal(cmr_st_f32(st, "zzz", 1, s2, &v), CMR_EFORMAT);
+    assert_non_null(strstr(cmr_errmsg(), "tensor zzz is missing"));
+    char *meta = cmr_st_metadata(st, "k");
+    assert_string_equal(meta, "v");
+    free(meta);
+    cmr_st_close(st);
+    cmr_st_close(NULL);
+    test_rmtree(dir);
+    free(dir);
+}
+
+/* A copy of the small model with its weights rewritten by `edit`. */
+static char *copy_model(void (*edit)(const char *src, const char *dst))
+{
+    char *dir = test_tmpdir();
+    assert_non_null(dir);
+    const char *files[] = {"model.json", "vocab.txt"};
+    for (int i = 0; i < 2; i++) {
+        char src[512], dst[512], cmd[1200];
+        snprintf(src, sizeof src, FIX "small/%s", files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", dir, files[i]);
+        snprintf(cmd, sizeof cmd, "cp '%s' '%s'", src, dst);
+        assert_int_equal(system(cmd), 0);
+    }
+    char dst[512];
+    snprintf(dst, sizeof dst, "%s/weights.safetensors", dir);
+    edit(FIX "small/weights.safetensors", dst);
+    return dir;
+}
+
+/* Re-encode every F32 tensor as BF16 (round to nearest even), dropping one
+ * tensor when drop is set. */
+static const char *drop_name;
+static void rewrite_weights(const char *src, const char *dst)
+{
+    cmr_st_file *in = open_fixture(src);
+    json_t *hdr = json_object();
+    size_t total = 0;
+    for (size_t i = 0; i < in->n_tensors; i++)
+        total += in->tensors[i].n_bytes;
+    uint8_t *data = malloc(total), *at = data;
+    for (size_t i = 0; i < in->n_tensors; i++) {
+        const cmr_st_tensor *t = &in->tensors[i];
+        if (drop_name && !strcmp(t->name, drop_name))
+            continue;
+        json_t *shape = json_array();
+        for (int d = 0; d < t->ndim; d++)
+            json_array_append_new(shape, json_integer(t->shape[d]));
+        size_t begin = (size_t)(at - data);
+        const char *dtype = t->dtype_name;
+        if (t->dtype == CMR_F32) {
+            dtype = "BF16";
+            for (size_t k = 0; k < t->n_elems; k++) {
+                uint32_t bits;
+                memcpy(&bits, t->data + 4 * k, 4);
+                bits += 0x7fff + ((bits >> 16) & 1);
+                *at++ = (uint8_t)(bits >> 16);
+                *at++ = (uint8_t)(bits >> 24);
+            }
+        } else {
+            memcpy(at, t->data, t->n_bytes);
+            at += t->n_bytes;
+        }
+        json_object_set_new(hdr, t->name,
+                            json_pack("{s:s, s:o, s:[I,I]}", "dtype", dtype, "shape", shape, "data_offsets",
+                                      (json_int_t)begin, (json_int_t)(at - data)));
+    }
+    char *text = json_dumps(hdr, JSON_COMPACT);
+    write_st(dst, text, data, (size_t)(at - data));
+    free(text);
+    free(data);
+    json_decref(hdr);
+    cmr_st_close(in);
+}
+
+static void test_bf16_model_and_missing_tensor(void **state)
+{
+    (void)state;
+    drop_name = NULL;
+    char *dir = copy_model(rewrite_weights);
+    cmr_model *m32 = open_small(), *m16 = NULL;
+    int rc = cmr_model_open(dir, &m16);
+    if (rc < 0)
+        fail_msg("bf16 model: %s", cmr_errmsg());
+    assert_string_not_equal(cmr_model_hash(m32), cmr_model_hash(m16));
+    assert_string_equal(cmr_model_name(m32), cmr_model_name(m16));
+    cmr_st_file *io = open_fixture(FIX "small_io.safetensors");
+    const cmr_st_tensor *t;
+    const float *video = f32(io, "video.input", &t);
+    unsigned dim = cmr_model_dim(m32);
+    float *a = malloc(dim * sizeof *a), *b = malloc(dim * sizeof *b);
+    assert_int_equal(cmr_model_encode_study(m32, video, (unsigned)t->shape[1], a), 0);
+    assert_int_equal(cmr_model_encode_study(m16, video, (unsigned)t->shape[1], b), 0);
+    double cos = 0;
+    for (unsigned i = 0; i < dim; i++)
+        cos += (double)a[i] * b[i];
+    assert_true(cos > 0.995); /* bf16 keeps 8 bits of mantissa */
+    assert_int_equal(cmr_model_encode_text(m32, "Normal study.", a), 0);
+    free(a);
+    free(b);
+    cmr_st_close(io);
+    cmr_model_close(m16);
+    cmr_model_close(m32);
+    test_rmtree(dir);
+    free(dir);
+
+    drop_name = "video_model.blocks.1.timeattn.proj.bias";
+    dir = copy_model(rewrite_weights);
+    m16 = NULL;
+    assert_int_equal(cmr_model_open(dir, &m16), CMR_EFORMAT);
+    assert_null(m16);
+    if (!strstr(cmr_errmsg(), "tensor video_model.blocks.1.timeattn.proj.bias is missing"))
+        fail_msg("unexpected message: %s", cmr_errmsg());
+    test_rmtree(dir);
+    free(dir);
+    drop_name = NULL;
+    cmr_model_close(NULL);
+}
+
+static void test_open_errors(void **state)
+{
+    (void)state;
+    cmr_model *m = NULL;
+    assert_int_equal(cmr_model_open("/nonexistent/model", &m), CMR_ENOTFOUND);
+    assert_null(m);
+    char *dir = test_tmpdir();
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.json", dir);
+    FILE *f = fopen(path, "w");
+    fputs("{\"format\": \"cmrsearch-model\", \"format_version\": 2}", f);
+    fclose(f);
+    assert_int_equal(cmr_model_open(dir, &m), CMR_EUNSUPPORTED);
+    assert_non_null(strstr(cmr_errmsg(), "format_version 2"));
+    f = fopen(path, "w");
+    fputs("{\"format\": \"something else\"}", f);
+    fclose(f);
+    assert_int_equal(cmr_model_open(path, &m), CMR_EFORMAT);
+    assert_null(m);
+    test_rmtree(dir);
+    free(dir);
+}
+
+static int report(void **state)
+{
+    (void)state;
+    printf("# worst relative error over all stages: %.3g (bar %.0e)\n", worst, TOL);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_small_video),
+        cmocka_unit_test(test_small_video_fewer_frames),
+        cmocka_unit_test(test_small_text),
+        cmocka_unit_test(test_full_size_block),
+        cmocka_unit_test(test_safetensors_errors),
+        cmocka_unit_test(test_bf16_model_and_missing_tensor),
+        cmocka_unit_test(test_open_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, report);
+}
