@@ -4,10 +4,11 @@
 
 #include "cmr_cli.h"
 #include "cmr_ingest.h"
+#include "cmr_model.h"
 
 static const char usage[] =
-    "usage: cmrsearch index --db DIR [--manifest FILE] [--cda-schema XSD] [--threads N]\n"
-    "                       [--force] [--json] ARCHIVE...\n"
+    "usage: cmrsearch index --db DIR [--model DIR] [--manifest FILE] [--cda-schema XSD]\n"
+    "                       [--threads N] [--force] [--json] ARCHIVE...\n"
     "\n"
     "Reads every DICOM study under the ARCHIVE folders (any depth, any file\n"
     "names), labels each series (cine SAX / 2ch / 3ch / 4ch, LGE SAX / 2ch /\n"
@@ -17,9 +18,13 @@ static const char usage[] =
     "become keyed hashes; names and other identifying tags are not copied.\n"
     "Re-running skips studies whose files and reports are unchanged.\n"
     "\n"
-    "Until a model is installed, cases are stored without vectors (shown as\n"
-    "such by 'show'); searches ignore them until they are embedded.\n"
+    "With --model, every study is embedded (its model input built as the model\n"
+    "declares) and its impression too; the store is bound to that model (name\n"
+    "and weights hash) and refuses any other.  Without a model, cases are stored\n"
+    "without vectors (shown as such by 'show'); searches ignore them until they\n"
+    "are embedded by a later run with --model.\n"
     "\n"
+    "  --model DIR       model directory (docs/model-format.md)\n"
     "  --manifest FILE   archive manifest linking studies and reports\n"
     "                    (schema/archive-manifest.xsd)\n"
     "  --cda-schema XSD  validate CDA reports against this schema; problems are\n"
@@ -36,7 +41,7 @@ static json_t *string_array(char *const *items, size_t n)
     return a;
 }
 
-static int print_summary(cmr_cli *cli, const char *db, const cmr_ingest_summary *s)
+static int print_summary(cmr_cli *cli, const char *db, const cmr_ingest_summary *s, int with_model)
 {
     if (cli->json) {
         json_t *labels = json_object(), *skips = json_array();
@@ -65,7 +70,8 @@ static int print_summary(cmr_cli *cli, const char *db, const cmr_ingest_summary 
     fprintf(o, "  studies   %zu found: %zu new, %zu updated, %zu unchanged, %zu skipped\n", s->studies_found,
             s->studies_new, s->studies_updated, s->studies_unchanged, s->studies_skipped);
     if (s->studies_without_vectors)
-        fprintf(o, "            %zu stored without vectors (no model installed)\n", s->studies_without_vectors);
+        fprintf(o, "            %zu stored without vectors%s\n", s->studies_without_vectors,
+                with_model ? " (see the notes)" : " (no --model given)");
     fprintf(o, "  series   ");
     for (int l = 1; l < CMR_SERIES_LABEL_COUNT_; l++)
         if (s->series_by_label[l])
@@ -87,6 +93,43 @@ static int print_summary(cmr_cli *cli, const char *db, const cmr_ingest_summary 
     return 0;
 }
 
+/* The ingest's embedding callback: the study tensor and the impression
+ * through the model's two towers. */
+static int embed_with_model(void *user, const float *tensor, const cmr_tensor_info *info, const char *impression,
+                            float *image_vec, float *text_vec, int *has_text)
+{
+    cmr_model *m = user;
+    (void)info;
+    *has_text = 0;
+    int rc;
+    if (tensor && (rc = cmr_model_encode_study(m, tensor, cmr_model_input_spec(m)->frames, image_vec)))
+        return rc;
+    if (impression && *impression) {
+        if ((rc = cmr_model_encode_text(m, impression, text_vec)))
+            return rc;
+        *has_text = 1;
+    }
+    return 0;
+}
+
+int cmr_cli_input_spec(const cmr_model *m, cmr_input_spec *spec)
+{
+    const cmr_model_input *in = cmr_model_input_spec(m);
+    if (strcmp(in->recipe, "cmrclip") != 0)
+        return cmr_fail(CMR_EUNSUPPORTED, "model %s wants input recipe \"%s\", which this build cannot make",
+                        cmr_model_name(m), in->recipe);
+    /* The published recipe, scaled to the model's frame size: resize 256 →
+     * crop 224 becomes resize round(size * 256 / 224) → crop size. */
+    cmr_input_spec_cmrclip(spec);
+    spec->frames = in->frames;
+    spec->size = in->size;
+    spec->resize = (in->size * 256 + 112) / 224;
+    spec->channels = in->channels;
+    memcpy(spec->mean, in->mean, sizeof spec->mean);
+    memcpy(spec->std, in->std, sizeof spec->std);
+    return 0;
+}
+
 static void on_progress(void *user, const char *phase, size_t done, size_t total)
 {
     cmr_cli_progress(user, phase, done, total);
@@ -94,10 +137,11 @@ static void on_progress(void *user, const char *phase, size_t done, size_t total
 
 int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
 {
-    const char *db = NULL, *manifest = NULL, *cda_schema = NULL, *threads_text = NULL;
+    const char *db = NULL, *manifest = NULL, *cda_schema = NULL, *threads_text = NULL, *model_path = NULL;
     int force = 0, help = 0;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},
+        {"model", 0, &model_path, NULL},
         {"manifest", 0, &manifest, NULL},
         {"cda-schema", 0, &cda_schema, NULL},
         {"threads", 0, &threads_text, NULL},
@@ -120,9 +164,31 @@ int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
     uint64_t threads = 0;
     if (threads_text && (rc = cmr_cli_parse_u64("--threads", threads_text, 1, 64, &threads)))
         return rc;
-    cmr_store *store;
-    if ((rc = cmr_cli_open_store(cli, db, 0, &store)))
+    cmr_model *model = NULL;
+    cmr_input_spec spec;
+    if (model_path && ((rc = cmr_model_open(model_path, &model)) || (rc = cmr_cli_input_spec(model, &spec)))) {
+        cmr_model_close(model);
         return rc;
+    }
+    cmr_store *store;
+    if ((rc = cmr_cli_open_store(cli, db, 0, &store))) {
+        cmr_model_close(model);
+        return rc;
+    }
+    if (model) {
+        /* Refuse before reading the archive, not after the first study. */
+        const char *name, *hash;
+        unsigned dim;
+        cmr_store_model(store, &name, &hash, &dim);
+        if (name && *name && (strcmp(name, cmr_model_name(model)) || strcmp(hash, cmr_model_hash(model)) ||
+                     dim != cmr_model_dim(model))) {
+            rc = cmr_fail(CMR_EMODEL, "%s holds vectors of model %s (weights %s, dimension %u), not of %s "
+                                      "(weights %s, dimension %u); vectors of two models are never mixed",
+                          db, name, hash, dim, cmr_model_name(model), cmr_model_hash(model), cmr_model_dim(model));
+            cmr_model_close(model);
+            return cmr_cli_close_store(store, rc);
+        }
+    }
     cmr_store_set_progress(store, cmr_cli_progress, cli);
     cmr_ingest_options opts = {
         .threads = (unsigned)threads,
@@ -132,12 +198,21 @@ int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
         .progress = on_progress,
         .progress_user = cli,
     };
+    if (model) {
+        opts.spec = &spec;
+        opts.embed = embed_with_model;
+        opts.embed_user = model;
+        opts.model_name = cmr_model_name(model);
+        opts.model_hash = cmr_model_hash(model);
+        opts.dim = cmr_model_dim(model);
+    }
     cmr_ingest_summary *summary = NULL;
     rc = cmr_ingest(store, roots, n_roots, &opts, &summary);
     if (rc == 0)
         rc = cmr_store_flush(store);
     if (rc == 0)
-        rc = print_summary(cli, db, summary);
+        rc = print_summary(cli, db, summary, model != NULL);
     cmr_ingest_summary_free(summary);
+    cmr_model_close(model);
     return cmr_cli_close_store(store, rc);
 }

@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "cmr_sha256.h"
+#include "cmr_indexer.h"
 #include "cmr_store.h"
 
 #define CMR_CLI_PROGRAM "cmrsearch"
@@ -76,6 +77,10 @@ void cmr_cli_progress(void *cli, const char *phase, uint64_t done, uint64_t tota
 int cmr_cli_print_json(cmr_cli *cli, json_t *doc);
 
 /* ---- commands (argv[0] is the command name) ------------------------------ */
+
+/* The indexer's input spec for a model's declared input (cmd_index.c). */
+struct cmr_model;
+int cmr_cli_input_spec(const struct cmr_model *m, cmr_input_spec *spec);
 
 int cmr_cmd_init(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_index(cmr_cli *cli, int argc, char **argv);

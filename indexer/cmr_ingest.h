@@ -15,8 +15,10 @@ extern "C" {
 #endif
 
 /* Turns a study's input tensor and impression into the two vectors (each
- * `dim` floats).  impression may be NULL (then text_vec may be left unset
- * and *has_text = 0).  Returns 0 or a CMR_E* code with cmr_errmsg() set. */
+ * `dim` floats).  tensor (with info and image_vec) is NULL when the study's
+ * model input could not be built: then only the impression is embedded.
+ * impression may be NULL (then text_vec may be left unset and *has_text =
+ * 0).  Returns 0 or a CMR_E* code with cmr_errmsg() set. */
 typedef int (*cmr_embed_fn)(void *user, const float *tensor, const cmr_tensor_info *info,
                             const char *impression, float *image_vec, float *text_vec, int *has_text);
 

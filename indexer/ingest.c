@@ -218,26 +218,30 @@ static int ingest_study(cmr_store *store, const cmr_ingest_options *o, const cmr
         add_issue(sum, "study %s: no report impression linked; indexed without one", st->uid);
     }
     if (embedding) {
+        /* A study the model input cannot be built from (no usable cine) is
+         * still stored, with its impression's vector if it has one: its
+         * gap is listed, it is not dropped. */
         cmr_tensor_info info;
         if ((rc = cmr_study_tensor(st, o->spec, &tensor, &info))) {
-            add_skip(sum, st->uid, "%s", cmr_errmsg());
-            sum->pub.studies_skipped++;
+            add_issue(sum, "study %s: stored without an image vector: %s", st->uid, cmr_errmsg());
+            tensor = NULL;
             rc = 0;
-            goto done;
-        }
-        if (info.gaps[0])
+        } else if (info.gaps[0]) {
             add_issue(sum, "study %s: %s", st->uid, info.gaps);
+        }
         if (!(vec = malloc(2 * (size_t)o->dim * sizeof *vec))) {
             rc = cmr_fail(CMR_ENOMEM, "out of memory");
             goto done;
         }
-        if ((rc = o->embed(o->embed_user, tensor, &info, b->c.impression, vec, vec + o->dim, &has_text))) {
+        if ((tensor || b->c.impression) &&
+            (rc = o->embed(o->embed_user, tensor, tensor ? &info : NULL, b->c.impression, tensor ? vec : NULL,
+                           vec + o->dim, &has_text))) {
             add_skip(sum, st->uid, "embedding failed: %s", cmr_errmsg());
             sum->pub.studies_skipped++;
             rc = 0;
             goto done;
         }
-        has_image = 1;
+        has_image = tensor != NULL;
     }
     cmr_txn *t;
     int replaced = 0;
@@ -263,7 +267,7 @@ static int ingest_study(cmr_store *store, const cmr_ingest_options *o, const cmr
         sum->pub.studies_updated++;
     else
         sum->pub.studies_new++;
-    if (!has_image)
+    if (!has_image && !has_text)
         sum->pub.studies_without_vectors++;
 done:
     free(tensor);

@@ -4,3 +4,13 @@ cmr_add_test(test_model SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_model.c LIBS cm
 if(TARGET test_model)
   target_compile_definitions(test_model PRIVATE CMR_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 endif()
+
+# The converter, the converted model's parity and `cmrsearch index --model`
+# on a phantom archive, end to end (tests/model_e2e.sh).
+find_program(CMR_PYTHON3 python3 PATHS /usr/bin NO_DEFAULT_PATH)
+if(CMR_PYTHON3 AND TARGET cmrsearch AND TARGET test_model)
+  add_test(NAME model_e2e
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/model_e2e.sh ${CMAKE_SOURCE_DIR} ${CMR_PYTHON3}
+                   $<TARGET_FILE:cmrsearch> ${CMR_PHANTOM_RUN} $<TARGET_FILE:test_model>)
+  set_tests_properties(model_e2e PROPERTIES TIMEOUT 600)
+endif()

@@ -131,12 +131,18 @@ static void on_stage(void *ctx, const char *stage, const float *data, size_t row
 
 /* ---- the small model, end to end ------------------------------------------------------------------ */
 
+/* The committed small model, or (CMR_TEST_MODEL_DIR, set by model_e2e.sh)
+ * the same weights converted from the torch.save checkpoint by
+ * scripts/convert_cmrclip.py. */
 static cmr_model *open_small(void)
 {
+    const char *dir = getenv("CMR_TEST_MODEL_DIR");
+    if (!dir || !*dir)
+        dir = FIX "small";
     cmr_model *m = NULL;
-    int rc = cmr_model_open(FIX "small", &m);
+    int rc = cmr_model_open(dir, &m);
     if (rc < 0)
-        fail_msg("open " FIX "small: %s: %s", cmr_strerror(rc), cmr_errmsg());
+        fail_msg("open %s: %s: %s", dir, cmr_strerror(rc), cmr_errmsg());
     return m;
 }
 
