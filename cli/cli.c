@@ -24,7 +24,9 @@ static const command commands[] = {
     {"show", cmr_cmd_show, "print one case"},
     {"verify", cmr_cmd_verify, "check a store; exit 0 only if sound"},
     {"reindex", cmr_cmd_reindex, "rebuild the derived indexes from LMDB"},
+    {"eval", cmr_cmd_eval, "the CMR-CLIP evaluation protocol on a labelled store"},
     {"stats", cmr_cmd_stats, "counts, model and index state of a store"},
+    {"train", cmr_cmd_train, "train the compact model on the store's (study, impression) pairs"},
     {"info", cmr_cmd_stats, "the same as stats"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -273,6 +275,20 @@ int cmr_cli_open_store(cmr_cli *cli, const char *db, unsigned flags, cmr_store *
         return rc;
     if (cli->show_progress)
         cmr_store_set_progress(*out, cmr_cli_progress, cli);
+    return 0;
+}
+
+int cmr_cli_parse_command(cmr_cli *cli, int argc, char **argv, const cmr_cli_option *options, size_t n_options,
+                          const char *usage, const char **positional, size_t max_positional, size_t *n_positional)
+{
+    int help = 0;
+    int rc = cmr_cli_parse_options(argc, argv, options, n_options, positional, max_positional, n_positional, &help);
+    if (rc)
+        return rc;
+    if (help) {
+        fputs(usage, cli->out);
+        return 1;
+    }
     return 0;
 }
 

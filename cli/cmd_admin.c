@@ -10,23 +10,6 @@
 
 #define N_OPTIONS(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Parses options; returns 1 (and prints usage) for --help, <0 on error. */
-static int parse_or_help(cmr_cli *cli, int argc, char **argv, const cmr_cli_option *options,
-                         size_t n_options, const char **positional, size_t max_positional,
-                         size_t *n_positional, const char *usage)
-{
-    int help = 0;
-    int rc = cmr_cli_parse_options(argc, argv, options, n_options, positional, max_positional,
-                                   n_positional, &help);
-    if (rc)
-        return rc;
-    if (help) {
-        fputs(usage, cli->out);
-        return 1;
-    }
-    return 0;
-}
-
 /* ---- init ------------------------------------------------------------------------ */
 
 static const char init_usage[] =
@@ -86,7 +69,7 @@ int cmr_cmd_init(cmr_cli *cli, int argc, char **argv)
         {"json", 0, NULL, &cli->json},
     };
     size_t n_pos;
-    int rc = parse_or_help(cli, argc, argv, options, N_OPTIONS(options), NULL, 0, &n_pos, init_usage);
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, N_OPTIONS(options), init_usage, NULL, 0, &n_pos);
     if (rc)
         return rc < 0 ? rc : 0;
     if (!db)
@@ -158,7 +141,7 @@ int cmr_cmd_show(cmr_cli *cli, int argc, char **argv)
         {"json", 0, NULL, &cli->json},
     };
     size_t n_pos = 0;
-    int rc = parse_or_help(cli, argc, argv, options, N_OPTIONS(options), which, 1, &n_pos, show_usage);
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, N_OPTIONS(options), show_usage, which, 1, &n_pos);
     if (rc)
         return rc < 0 ? rc : 0;
     if (n_pos != 1)
@@ -216,8 +199,7 @@ int cmr_cmd_verify(cmr_cli *cli, int argc, char **argv)
         {"json", 0, NULL, &cli->json},
     };
     size_t n_pos;
-    int rc = parse_or_help(cli, argc, argv, options, N_OPTIONS(options), NULL, 0, &n_pos,
-                           verify_usage);
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, N_OPTIONS(options), verify_usage, NULL, 0, &n_pos);
     if (rc)
         return rc < 0 ? rc : 0;
     cmr_store *store = NULL;
@@ -328,8 +310,7 @@ int cmr_cmd_reindex(cmr_cli *cli, int argc, char **argv)
         {"json", 0, NULL, &cli->json},
     };
     size_t n_pos;
-    int rc = parse_or_help(cli, argc, argv, options, N_OPTIONS(options), NULL, 0, &n_pos,
-                           reindex_usage);
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, N_OPTIONS(options), reindex_usage, NULL, 0, &n_pos);
     if (rc)
         return rc < 0 ? rc : 0;
     cmr_store *store = NULL;
@@ -361,8 +342,7 @@ int cmr_cmd_stats(cmr_cli *cli, int argc, char **argv)
         {"json", 0, NULL, &cli->json},
     };
     size_t n_pos;
-    int rc = parse_or_help(cli, argc, argv, options, N_OPTIONS(options), NULL, 0, &n_pos,
-                           stats_usage);
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, N_OPTIONS(options), stats_usage, NULL, 0, &n_pos);
     if (rc)
         return rc < 0 ? rc : 0;
     cmr_store *store = NULL;

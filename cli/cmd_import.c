@@ -183,7 +183,7 @@ static int report(cmr_cli *cli, const char *db, const import_job *job, int dry_r
 int cmr_cmd_import(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *manifest = NULL;
-    int dry_run = 0, help = 0;
+    int dry_run = 0;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},
         {"manifest", 0, &manifest, NULL},
@@ -192,14 +192,10 @@ int cmr_cmd_import(cmr_cli *cli, int argc, char **argv)
     };
     size_t n_pos;
     const char *pos[1];
-    int rc = cmr_cli_parse_options(argc, argv, options, sizeof options / sizeof options[0], pos, 0,
-                                   &n_pos, &help);
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, sizeof options / sizeof options[0], usage, pos, 0,
+                              &n_pos);
     if (rc)
-        return rc;
-    if (help) {
-        fputs(usage, cli->out);
-        return 0;
-    }
+        return rc < 0 ? rc : 0;
     if (!manifest)
         return cmr_fail(CMR_EINVAL, "--manifest FILE is required (see 'cmrsearch import --help')");
     if (!db && !dry_run)

@@ -7,7 +7,7 @@
 #include "cmr_model.h"
 
 static const char usage[] =
-    "usage: cmrsearch index --db DIR [--model DIR] [--manifest FILE] [--cda-schema XSD]\n"
+    "usage: cmrsearch index --db DIR [--model DIR | --no-model] [--manifest FILE] [--cda-schema XSD]\n"
     "                       [--threads N] [--force] [--json] ARCHIVE...\n"
     "\n"
     "Reads every DICOM study under the ARCHIVE folders (any depth, any file\n"
@@ -18,13 +18,15 @@ static const char usage[] =
     "become keyed hashes; names and other identifying tags are not copied.\n"
     "Re-running skips studies whose files and reports are unchanged.\n"
     "\n"
-    "With --model, every study is embedded (its model input built as the model\n"
-    "declares) and its impression too; the store is bound to that model (name\n"
-    "and weights hash) and refuses any other.  Without a model, cases are stored\n"
-    "without vectors (shown as such by 'show'); searches ignore them until they\n"
-    "are embedded by a later run with --model.\n"
+    "Every study is embedded (its model input built as the model declares) and\n"
+    "its impression too, by --model DIR, else $CMRSEARCH_MODEL, else the default\n"
+    "model that ships with cmrsearch; the store is bound to that model (name and\n"
+    "weights hash) and refuses any other.  With --no-model (or no model\n"
+    "installed) cases are stored without vectors (shown as such by 'show');\n"
+    "searches ignore them until a later run embeds them.\n"
     "\n"
     "  --model DIR       model directory (docs/model-format.md)\n"
+    "  --no-model        store cases without vectors\n"
     "  --manifest FILE   archive manifest linking studies and reports\n"
     "                    (schema/archive-manifest.xsd)\n"
     "  --cda-schema XSD  validate CDA reports against this schema; problems are\n"
@@ -138,10 +140,11 @@ static void on_progress(void *user, const char *phase, size_t done, size_t total
 int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *manifest = NULL, *cda_schema = NULL, *threads_text = NULL, *model_path = NULL;
-    int force = 0, help = 0;
+    int force = 0, no_model = 0;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},
         {"model", 0, &model_path, NULL},
+        {"no-model", 0, NULL, &no_model},
         {"manifest", 0, &manifest, NULL},
         {"cda-schema", 0, &cda_schema, NULL},
         {"threads", 0, &threads_text, NULL},
@@ -151,43 +154,26 @@ int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
     enum { MAX_ROOTS = 256 };
     const char *roots[MAX_ROOTS];
     size_t n_roots;
-    int rc = cmr_cli_parse_options(argc, argv, options, sizeof options / sizeof *options, roots, MAX_ROOTS,
-                                   &n_roots, &help);
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, sizeof options / sizeof *options, usage, roots, MAX_ROOTS,
+                              &n_roots);
     if (rc)
-        return rc;
-    if (help) {
-        fputs(usage, cli->out);
-        return 0;
-    }
+        return rc < 0 ? rc : 0;
     if (!n_roots)
         return cmr_fail(CMR_EINVAL, "name at least one ARCHIVE folder (see 'cmrsearch index --help')");
     uint64_t threads = 0;
     if (threads_text && (rc = cmr_cli_parse_u64("--threads", threads_text, 1, 64, &threads)))
         return rc;
+    cmr_store *store;
+    if ((rc = cmr_cli_open_store(cli, db, 0, &store)))
+        return rc;
+    /* Refuse a model other than the store's before reading the archive,
+     * not after the first study. */
     cmr_model *model = NULL;
     cmr_input_spec spec;
-    if (model_path && ((rc = cmr_model_open(model_path, &model)) || (rc = cmr_cli_input_spec(model, &spec)))) {
+    if (!no_model && ((rc = cmr_cli_open_model(model_path, store, 0, &model)) ||
+                      (model && (rc = cmr_cli_input_spec(model, &spec))))) {
         cmr_model_close(model);
-        return rc;
-    }
-    cmr_store *store;
-    if ((rc = cmr_cli_open_store(cli, db, 0, &store))) {
-        cmr_model_close(model);
-        return rc;
-    }
-    if (model) {
-        /* Refuse before reading the archive, not after the first study. */
-        const char *name, *hash;
-        unsigned dim;
-        cmr_store_model(store, &name, &hash, &dim);
-        if (name && *name && (strcmp(name, cmr_model_name(model)) || strcmp(hash, cmr_model_hash(model)) ||
-                     dim != cmr_model_dim(model))) {
-            rc = cmr_fail(CMR_EMODEL, "%s holds vectors of model %s (weights %s, dimension %u), not of %s "
-                                      "(weights %s, dimension %u); vectors of two models are never mixed",
-                          db, name, hash, dim, cmr_model_name(model), cmr_model_hash(model), cmr_model_dim(model));
-            cmr_model_close(model);
-            return cmr_cli_close_store(store, rc);
-        }
+        return cmr_cli_close_store(store, rc);
     }
     cmr_store_set_progress(store, cmr_cli_progress, cli);
     cmr_ingest_options opts = {

@@ -1,24 +1,33 @@
-/* cmrsearch search: case -> case (or a given vector -> case) nearest
- * neighbours, with --where filters.  Text and study queries need a model,
- * which arrives with later work; until then they are refused plainly. */
+/* cmrsearch search: text -> case, study -> case, case -> case (or a given
+ * vector -> case) nearest neighbours, with --where filters. */
 #include <ctype.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cmr_cli.h"
+#include "cmr_model.h"
 
 #define DEFAULT_K 10
 #define MAX_K 10000
 
 static const char usage[] =
-    "usage: cmrsearch search --db DIR (--case ID | --uid UID | --vector FILE.npy)\n"
-    "                        [-k N] [--space image|text] [--target image|text]\n"
-    "                        [--where EXPR] [--include-same-patient] [--json]\n"
+    "usage: cmrsearch search --db DIR (--text PHRASE | --study DIR | --case ID | --uid UID |\n"
+    "                        --vector FILE.npy) [-k N] [--space image|text] [--target image|text]\n"
+    "                        [--where EXPR] [--include-same-patient] [--model DIR] [--json]\n"
     "\n"
-    "Finds the k cases most similar to a stored case (or to a query vector).\n"
-    "The case itself is never a result; neither, unless --include-same-patient,\n"
-    "are other studies of the same patient.\n"
+    "Finds the k cases most similar to a phrase, a new study, a stored case or a\n"
+    "query vector.  A stored case itself is never a result; neither, unless\n"
+    "--include-same-patient, are other studies of the same patient.  Each hit\n"
+    "shows its similarity in both spaces (image: the study; text: its report's\n"
+    "impression) and its impression.\n"
     "\n"
+    "  --text PHRASE    embed the phrase (\"apical hypertrophy with LGE\") with the\n"
+    "                   model and search studies (--target image, the default) or\n"
+    "                   impressions (--target text)\n"
+    "  --study DIR      read the one study under DIR, embed it and search studies\n"
+    "  --model DIR      the model for --text and --study (default: $CMRSEARCH_MODEL,\n"
+    "                   else the default model); it must be the store's model\n"
     "  --case ID        query with the stored vectors of case ID (a case id, or a\n"
     "                   Study Instance UID when it contains a dot)\n"
     "  --uid UID        query with the case whose Study Instance UID is UID\n"
@@ -32,13 +41,11 @@ static const char usage[] =
     "                   (fields: diagnosis, date, age, site, manufacturer, sex;\n"
     "                   see 'man cmrsearch' for the grammar)\n"
     "  --include-same-patient   also return the patient's other studies\n"
-    "  --json           print the results as one JSON document\n"
-    "\n"
-    "--text and --study queries need a model and are not available yet.\n";
+    "  --json           print the results as one JSON document\n";
 
 typedef struct search_request {
     const char *db, *case_arg, *uid, *vector_path, *k_text, *space_text, *target_text, *where_text;
-    const char *text_query, *study_query;
+    const char *text_query, *study_query, *model_path;
     int include_same_patient;
     size_t k;
     cmr_space space, target;
@@ -47,25 +54,26 @@ typedef struct search_request {
 
 static int check_request(search_request *r)
 {
-    if (r->text_query || r->study_query)
-        return cmr_fail(CMR_EINVAL, "%s queries are not available until a model is installed; "
-                                    "search by --case, --uid or --vector for now",
-                        r->text_query ? "--text" : "--study");
-    int sources = !!r->case_arg + !!r->uid + !!r->vector_path;
+    int sources = !!r->case_arg + !!r->uid + !!r->vector_path + !!r->text_query + !!r->study_query;
     if (sources != 1)
-        return cmr_fail(CMR_EINVAL, "give exactly one query: --case ID, --uid UID or --vector "
-                                    "FILE.npy (see 'cmrsearch search --help')");
-    if (r->vector_path && r->include_same_patient)
+        return cmr_fail(CMR_EINVAL, "give exactly one query: --text PHRASE, --study DIR, --case ID, --uid UID "
+                                    "or --vector FILE.npy (see 'cmrsearch search --help')");
+    if ((r->vector_path || r->text_query || r->study_query) && r->include_same_patient)
         return cmr_fail(CMR_EINVAL, "--include-same-patient applies to --case and --uid queries");
+    if (r->text_query && !*r->text_query)
+        return cmr_fail(CMR_EINVAL, "--text: the phrase is empty");
     uint64_t k = DEFAULT_K;
     int rc;
     if (r->k_text && (rc = cmr_cli_parse_u64("-k", r->k_text, 1, MAX_K, &k)))
         return rc;
     r->k = (size_t)k;
-    r->space = CMR_SPACE_IMAGE;
+    r->space = r->text_query ? CMR_SPACE_TEXT : CMR_SPACE_IMAGE;
+    if (r->space_text && (r->text_query || r->study_query))
+        return cmr_fail(CMR_EINVAL, "--space applies to --case and --uid queries (a phrase is text, a study image)");
     if (r->space_text && cmr_space_parse(r->space_text, &r->space) != 0)
         return cmr_fail(CMR_EINVAL, "--space: '%s' is not a space (image or text)", r->space_text);
-    r->target = r->space;
+    /* A phrase finds studies by default: the cross-modal search CMR-CLIP is for. */
+    r->target = r->text_query ? CMR_SPACE_IMAGE : r->space;
     if (r->target_text && cmr_space_parse(r->target_text, &r->target) != 0)
         return cmr_fail(CMR_EINVAL, "--target: '%s' is not a space (image or text)", r->target_text);
     if (r->where_text && (rc = cmr_where_parse(r->where_text, &r->where)))
@@ -110,7 +118,56 @@ static int read_query_vector(cmr_store *store, const char *path, float **out)
     return rc;
 }
 
-static json_t *hits_to_json(const search_request *r, const cmr_hits *hits, const cmr_case *query)
+/* The one study under dir, through the model. */
+static int embed_study_dir(cmr_model *m, const char *dir, float *out)
+{
+    cmr_archive *a = NULL;
+    const char *roots[1] = {dir};
+    cmr_scan_options so = {0};
+    cmr_input_spec spec;
+    float *tensor = NULL;
+    cmr_tensor_info info;
+    int rc = cmr_archive_scan(roots, 1, &so, &a);
+    if (rc == 0 && a->n_studies != 1)
+        rc = cmr_fail(CMR_EINVAL, "--study %s: %zu DICOM studies found there; give the folder of one study", dir,
+                      a->n_studies);
+    if (rc == 0 && (rc = cmr_cli_input_spec(m, &spec)) == 0 &&
+        (rc = cmr_study_tensor(&a->studies[0], &spec, &tensor, &info)) == 0)
+        rc = cmr_model_encode_study(m, tensor, spec.frames, out);
+    free(tensor);
+    cmr_archive_free(a);
+    return rc;
+}
+
+/* Similarity of each hit to the query vector q (of space r->space) in both
+ * spaces; NaN where the hit has no vector of that space. */
+typedef struct hit_sims {
+    double sim[CMR_NSPACES];
+} hit_sims;
+
+static hit_sims *similarities(cmr_store *store, const cmr_hits *hits, const float *q, unsigned dim)
+{
+    hit_sims *out = calloc(hits->n ? hits->n : 1, sizeof *out);
+    float *v = malloc((dim ? dim : 1) * sizeof *v);
+    for (size_t i = 0; out && v && i < hits->n; i++)
+        for (int s = 0; s < CMR_NSPACES; s++) {
+            out[i].sim[s] = NAN;
+            if (q && cmr_store_get_vector(store, hits->hits[i].id, (cmr_space)s, v) == 0) {
+                double dot = 0;
+                for (unsigned e = 0; e < dim; e++)
+                    dot += (double)q[e] * v[e];
+                out[i].sim[s] = dot;
+            }
+        }
+    free(v);
+    cmr_clear_error();
+    return out;
+}
+
+static json_t *number_or_null(double x) { return isnan(x) ? json_null() : json_real(x); }
+
+static json_t *hits_to_json(const search_request *r, const cmr_hits *hits, const cmr_case *query,
+                            const hit_sims *sims)
 {
     json_t *q = json_object(), *results = json_array();
     if (!q || !results)
@@ -118,6 +175,10 @@ static json_t *hits_to_json(const search_request *r, const cmr_hits *hits, const
     if (query) {
         json_object_set_new(q, "case", json_integer((json_int_t)query->id));
         json_object_set_new(q, "study_uid", cmr_json_text(query->study_uid));
+    } else if (r->text_query) {
+        json_object_set_new(q, "text", cmr_json_text(r->text_query));
+    } else if (r->study_query) {
+        json_object_set_new(q, "study", cmr_json_text(r->study_query));
     } else {
         json_object_set_new(q, "vector", cmr_json_text(r->vector_path));
     }
@@ -134,6 +195,10 @@ static json_t *hits_to_json(const search_request *r, const cmr_hits *hits, const
                                  "query_space", cmr_space_name(r->space), "target_space",
                                  cmr_space_name(r->target), "cosine", (double)h->score, "case",
                                  cmr_case_to_json(h->record));
+        if (item && sims)
+            json_object_set_new(item, "similarity",
+                                json_pack("{s:o, s:o}", "image", number_or_null(sims[i].sim[CMR_SPACE_IMAGE]), "text",
+                                          number_or_null(sims[i].sim[CMR_SPACE_TEXT])));
         if (!item || json_array_append_new(results, item))
             goto fail;
     }
@@ -147,9 +212,13 @@ fail:
 }
 
 static void print_hits(FILE *out, const search_request *r, const cmr_hits *hits,
-                       const cmr_case *query)
+                       const cmr_case *query, const hit_sims *sims)
 {
-    if (query)
+    if (r->text_query)
+        fprintf(out, "query: \"%s\" (text) against %s vectors\n", r->text_query, cmr_space_name(r->target));
+    else if (r->study_query)
+        fprintf(out, "query: study %s (image) against %s vectors\n", r->study_query, cmr_space_name(r->target));
+    else if (query)
         fprintf(out, "query: case %llu (study %s), %s vector against %s vectors\n",
                 (unsigned long long)query->id, query->study_uid, cmr_space_name(r->space),
                 cmr_space_name(r->target));
@@ -182,8 +251,8 @@ static void print_hits(FILE *out, const search_request *r, const cmr_hits *hits,
         int len = (int)strlen(hits->hits[i].record->study_uid);
         uid_width = len > uid_width ? len : uid_width;
     }
-    fprintf(out, "\n%4s  %7s  %6s  %-*s  %-10s  %-16s  %-3s  %3s  %s\n", "rank", "score", "case",
-            uid_width, "study uid", "date", "site", "sex", "age", "diagnoses");
+    fprintf(out, "\n%4s  %7s  %6s  %6s  %6s  %-*s  %-10s  %-16s  %-3s  %3s  %s\n", "rank", "score", "image", "text",
+            "case", uid_width, "study uid", "date", "site", "sex", "age", "diagnoses");
     for (size_t i = 0; i < hits->n; i++) {
         const cmr_hit *h = &hits->hits[i];
         const cmr_case *c = h->record;
@@ -194,18 +263,26 @@ static void print_hits(FILE *out, const search_request *r, const cmr_hits *hits,
             strncat(dx, d ? ", " : "", sizeof dx - strlen(dx) - 1);
             strncat(dx, c->diagnoses[d].code, sizeof dx - strlen(dx) - 1);
         }
-        fprintf(out, "%4zu  %7.4f  %6llu  %-*s  %-10s  %-16.16s  %-3c  %3s  %s\n", i + 1,
-                (double)h->score, (unsigned long long)h->id, uid_width, c->study_uid,
-                date[0] ? date : "-",
-                c->site ? c->site : "-", c->sex ? c->sex : '-', c->age_years >= 0 ? age : "-",
-                dx[0] ? dx : "-");
+        char sim[2][16];
+        for (int sp = 0; sp < 2; sp++) {
+            double x = sims ? sims[i].sim[sp] : NAN;
+            snprintf(sim[sp], sizeof sim[sp], isnan(x) ? "-" : "%.4f", x);
+        }
+        fprintf(out, "%4zu  %7.4f  %6s  %6s  %6llu  %-*s  %-10s  %-16.16s  %-3c  %3s  %s\n", i + 1,
+                (double)h->score, sim[CMR_SPACE_IMAGE], sim[CMR_SPACE_TEXT], (unsigned long long)h->id, uid_width,
+                c->study_uid, date[0] ? date : "-", c->site ? c->site : "-", c->sex ? c->sex : '-',
+                c->age_years >= 0 ? age : "-", dx[0] ? dx : "-");
+        if (c->impression) {
+            /* The first line of the impression, shortened to a terminal's width. */
+            size_t n = strcspn(c->impression, "\n");
+            fprintf(out, "      %.*s%s\n", (int)(n > 110 ? 107 : n), c->impression, n > 110 ? "..." : "");
+        }
     }
 }
 
 int cmr_cmd_search(cmr_cli *cli, int argc, char **argv)
 {
     search_request r = {0};
-    int help = 0;
     const cmr_cli_option options[] = {
         {"db", 0, &r.db, NULL},
         {"case", 0, &r.case_arg, NULL},
@@ -213,6 +290,7 @@ int cmr_cmd_search(cmr_cli *cli, int argc, char **argv)
         {"vector", 0, &r.vector_path, NULL},
         {"text", 0, &r.text_query, NULL},
         {"study", 0, &r.study_query, NULL},
+        {"model", 0, &r.model_path, NULL},
         {"k", 'k', &r.k_text, NULL},
         {"space", 0, &r.space_text, NULL},
         {"target", 0, &r.target_text, NULL},
@@ -222,25 +300,40 @@ int cmr_cmd_search(cmr_cli *cli, int argc, char **argv)
     };
     size_t n_pos;
     const char *pos[1];
-    int rc = cmr_cli_parse_options(argc, argv, options, sizeof options / sizeof options[0], pos, 0,
-                                   &n_pos, &help);
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, sizeof options / sizeof options[0], usage, pos, 0,
+                              &n_pos);
     if (rc)
-        return rc;
-    if (help) {
-        fputs(usage, cli->out);
-        return 0;
-    }
+        return rc < 0 ? rc : 0;
     cmr_store *store = NULL;
     cmr_case *query = NULL;
     cmr_hits *hits = NULL;
+    cmr_model *model = NULL;
+    hit_sims *sims = NULL;
     float *vector = NULL;
+    unsigned dim = 0;
     if ((rc = check_request(&r)))
         goto done;
     /* Read-only: a search never writes, and may run beside an import. */
     if ((rc = cmr_cli_open_store(cli, r.db, CMR_STORE_RDONLY, &store)))
         goto done;
     const cmr_filter *filter = r.where_text ? &r.where.filter : NULL;
-    if (r.vector_path) {
+    cmr_store_model(store, NULL, NULL, &dim);
+    if (r.text_query || r.study_query) {
+        if (!dim) {
+            rc = cmr_fail(CMR_ENOTFOUND, "the store has no vectors yet: index it with a model first");
+            goto done;
+        }
+        if ((rc = cmr_cli_open_model(r.model_path, store, 1, &model)))
+            goto done;
+        if (!(vector = malloc(dim * sizeof *vector))) {
+            rc = cmr_fail(CMR_ENOMEM, "out of memory");
+            goto done;
+        }
+        if ((rc = r.text_query ? cmr_model_encode_text(model, r.text_query, vector)
+                               : embed_study_dir(model, r.study_query, vector)) ||
+            (rc = cmr_store_search(store, r.target, vector, r.k, filter, &hits)))
+            goto done;
+    } else if (r.vector_path) {
         if ((rc = read_query_vector(store, r.vector_path, &vector)) ||
             (rc = cmr_store_search(store, r.target, vector, r.k, filter, &hits)))
             goto done;
@@ -250,12 +343,20 @@ int cmr_cmd_search(cmr_cli *cli, int argc, char **argv)
             (rc = cmr_store_search_case(store, id, r.space, r.target, r.k, filter,
                                         r.include_same_patient, &hits)))
             goto done;
+        if ((vector = malloc((dim ? dim : 1) * sizeof *vector)) &&
+            cmr_store_get_vector(store, id, r.space, vector) != 0) {
+            free(vector);
+            vector = NULL;
+        }
     }
+    sims = similarities(store, hits, vector, dim);
     if (cli->json)
-        rc = cmr_cli_print_json(cli, hits_to_json(&r, hits, query));
+        rc = cmr_cli_print_json(cli, hits_to_json(&r, hits, query, sims));
     else
-        print_hits(cli->out, &r, hits, query);
+        print_hits(cli->out, &r, hits, query, sims);
 done:
+    free(sims);
+    cmr_model_close(model);
     cmr_hits_free(hits);
     cmr_case_free(query);
     free(vector);

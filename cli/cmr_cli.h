@@ -58,6 +58,10 @@ typedef struct cmr_cli_option {
 int cmr_cli_parse_options(int argc, char **argv, const cmr_cli_option *options,
                           size_t n_options, const char **positional, size_t max_positional,
                           size_t *n_positional, int *help);
+/* cmr_cli_parse_options, then --help: prints usage and returns 1 (the
+ * command returns 0).  0: go on; negative: the error. */
+int cmr_cli_parse_command(cmr_cli *cli, int argc, char **argv, const cmr_cli_option *options, size_t n_options,
+                          const char *usage, const char **positional, size_t max_positional, size_t *n_positional);
 int cmr_cli_parse_u64(const char *option, const char *text, uint64_t min, uint64_t max,
                       uint64_t *out);
 /* "YYYY-MM-DD" or "YYYYMMDD", a real calendar date, to YYYYMMDD. */
@@ -80,6 +84,12 @@ int cmr_cli_print_json(cmr_cli *cli, json_t *doc);
 
 /* The indexer's input spec for a model's declared input (cmd_index.c). */
 struct cmr_model;
+/* The default model's directory, NULL when none is installed. */
+const char *cmr_cli_default_model(void);
+/* Open explicit_dir, else $CMRSEARCH_MODEL, else the default model; with a
+ * store, refuse (CMR_EMODEL) a model other than the one its vectors come
+ * from.  Not required and nothing found: 0 with *out NULL. */
+int cmr_cli_open_model(const char *explicit_dir, cmr_store *store, int required, struct cmr_model **out);
 int cmr_cli_input_spec(const struct cmr_model *m, cmr_input_spec *spec);
 
 int cmr_cmd_init(cmr_cli *cli, int argc, char **argv);
@@ -90,6 +100,8 @@ int cmr_cmd_show(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_verify(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_reindex(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_stats(cmr_cli *cli, int argc, char **argv);
+int cmr_cmd_eval(cmr_cli *cli, int argc, char **argv);
+int cmr_cmd_train(cmr_cli *cli, int argc, char **argv);
 
 /* ---- .npy files ------------------------------------------------------------ */
 

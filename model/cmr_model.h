@@ -62,6 +62,69 @@ int cmr_model_encode_text(cmr_model *m, const char *text, float *embedding);
 /* The same from token ids ([CLS] ... [SEP] included by the caller). */
 int cmr_model_encode_tokens(cmr_model *m, const int32_t *ids, size_t n, float *embedding);
 
+/* ---- training (the compact architecture, docs/compact-model.md) ---------------------
+ *
+ * cmr_train aligns a compact model's two towers on (study, impression)
+ * pairs by symmetric InfoNCE, from scratch or from an existing compact model
+ * (fine-tuning), and writes the best model (by validation retrieval) as a
+ * model directory.  The caller supplies each study's frames as 8-bit grey
+ * images, prepared as the model's input recipe says but with room for
+ * augmentation: CMR_TRAIN_CANDIDATES frames per segment (the middle one is
+ * the frame inference uses; training picks one at random) and
+ * CMR_TRAIN_MARGIN more pixels per side than the model's size (random crops;
+ * the centre crop is inference's). */
+#define CMR_TRAIN_CANDIDATES 3
+#define CMR_TRAIN_MARGIN 8
+
+typedef struct cmr_train_set {
+    size_t n;
+    const uint8_t *const *videos; /* n x [frames * CANDIDATES][size + MARGIN][size + MARGIN] */
+    const char *const *texts;     /* n impressions (UTF-8) */
+    const uint64_t *groups;       /* n patient groups: a patient's studies are never split */
+} cmr_train_set;
+
+typedef struct cmr_train_progress {
+    unsigned epoch, epochs;       /* 1-based */
+    size_t step, steps;           /* within the epoch */
+    double loss;                  /* running mean over the epoch */
+    int validated;                /* the fields below are set (end of an epoch) */
+    double val_loss, val_r1, val_r5, val_r10; /* mean of image->text and text->image */
+    double seconds;               /* since the start */
+} cmr_train_progress;
+
+typedef struct cmr_train_options {
+    const char *name;             /* the model's name ("cmrsearch-compact") */
+    const char *init;             /* a compact model directory to fine-tune; NULL: from scratch */
+    unsigned epochs;              /* maximum (default 30) */
+    unsigned batch;               /* pairs per step (default 32) */
+    float lr;                     /* peak learning rate (default 2e-3; 2e-4 when fine-tuning) */
+    float weight_decay;           /* AdamW, on weights only (default 1e-4) */
+    float warmup_epochs;          /* linear warm-up, then cosine decay (default 1) */
+    float temperature;            /* initial (default 0.05) */
+    int learn_temperature;        /* 0: fixed as in CMR-CLIP */
+    float val_fraction;           /* of patient groups held out (default 0.1) */
+    unsigned patience;            /* epochs without a better validation R@10 before stopping (default 5) */
+    uint64_t seed;
+    const char *checkpoint;       /* resumable state file; NULL: none */
+    void (*progress)(void *user, const cmr_train_progress *p);
+    void *progress_user;
+} cmr_train_options;
+
+typedef struct cmr_train_result {
+    unsigned epochs_run, best_epoch;
+    size_t n_train, n_val;
+    double best_val_r10, final_loss, seconds;
+    int resumed;                  /* started from a checkpoint */
+} cmr_train_result;
+
+/* Fill the defaults above (NULL name becomes "cmrsearch-compact"). */
+void cmr_train_options_init(cmr_train_options *o);
+/* The input the caller prepares frames for: the model's inference spec
+ * (init's, or the default compact configuration's). */
+int cmr_train_input(const cmr_train_options *o, cmr_model_input *input);
+/* Train and write the model directory out_dir (created if absent). */
+int cmr_train(const cmr_train_set *set, const cmr_train_options *o, const char *out_dir, cmr_train_result *result);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,35 +1,14 @@
-/* A model directory: model.json, weights.safetensors, vocab.txt
- * (docs/model-format.md), opened into the two towers and projections. */
+/* A model directory: model.json, weights and (for CMR-CLIP) vocab.txt
+ * (docs/model-format.md, docs/compact-model.md): the common part of
+ * opening, identity, and dispatch to the architecture. */
 #include <errno.h>
 #include <jansson.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cmr_sha256.h"
-#include "model_internal.h"
-#include "tokenizer.h"
-
-struct cmr_model {
-    char *dir;
-    char name[128];
-    char hash[2 * CMR_SHA256_BYTES + 1];
-    cmr_model_input input;
-    unsigned embed_dim;
-    cmr_st_file *weights;
-    cmr_vit video;
-    cmr_bert text;
-    const float *vid_proj_w, *vid_proj_b, *txt_proj_w, *txt_proj_b;
-    cmr_tokenizer *tokenizer;
-    size_t max_tokens;
-    cmr_arena ws;
-    float *hidden; /* max(video dim, text hidden) floats */
-    int32_t *ids;
-    cmr_model_probe_fn probe;
-    void *probe_ctx;
-};
+#include "model_impl.h"
 
 static char *join(const char *dir, const char *name)
 {
@@ -40,8 +19,13 @@ static char *join(const char *dir, const char *name)
     return p;
 }
 
-/* Integer member of obj, required and within [lo, hi]. */
-static int get_int(const char *path, json_t *obj, const char *section, const char *key, int lo, int hi, int *out)
+char *cmr_model_path(const cmr_model *m, json_t *root, const char *key, const char *dflt)
+{
+    json_t *v = json_object_get(root, key);
+    return join(m->dir, json_is_string(v) ? json_string_value(v) : dflt);
+}
+
+int cmr_model_json_int(const char *path, json_t *obj, const char *section, const char *key, int lo, int hi, int *out)
 {
     json_t *v = json_object_get(obj, key);
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
@@ -50,71 +34,17 @@ static int get_int(const char *path, json_t *obj, const char *section, const cha
     return 0;
 }
 
-static int get_eps(const char *path, json_t *obj, const char *section, float *out)
-{
-    json_t *v = json_object_get(obj, "ln_eps");
-    if (!json_is_number(v) || json_number_value(v) <= 0 || json_number_value(v) > 1e-2)
-        return cmr_fail(CMR_EFORMAT, "%s: %s.ln_eps must be a number in (0, 0.01]", path, section);
-    *out = (float)json_number_value(v);
-    return 0;
-}
-
-/* JSON true/false → 1/0; null or absent → dflt. */
-static int get_tristate(json_t *obj, const char *key, int dflt)
-{
-    json_t *v = json_object_get(obj, key);
-    return json_is_boolean(v) ? json_is_true(v) : dflt;
-}
-
-static int parse_video(const char *path, json_t *o, cmr_vit_config *c)
-{
-    int rc;
-    if (!json_is_object(o))
-        return cmr_fail(CMR_EFORMAT, "%s: \"video\" section missing", path);
-    if ((rc = get_int(path, o, "video", "dim", 1, 1 << 16, &c->dim)) < 0 ||
-        (rc = get_int(path, o, "video", "depth", 1, 1024, &c->depth)) < 0 ||
-        (rc = get_int(path, o, "video", "heads", 1, 1024, &c->heads)) < 0 ||
-        (rc = get_int(path, o, "video", "mlp_dim", 1, 1 << 18, &c->mlp_dim)) < 0 ||
-        (rc = get_int(path, o, "video", "patch", 1, 1024, &c->patch)) < 0 ||
-        (rc = get_int(path, o, "video", "image_size", 1, 4096, &c->image_size)) < 0 ||
-        (rc = get_int(path, o, "video", "channels", 1, 3, &c->channels)) < 0 ||
-        (rc = get_int(path, o, "video", "num_frames", 1, 1024, &c->num_frames)) < 0 ||
-        (rc = get_eps(path, o, "video", &c->ln_eps)) < 0)
-        return rc;
-    return 0;
-}
-
-static int parse_text(const char *path, json_t *o, cmr_bert_config *c, cmr_tokenizer_options *tok)
-{
-    int rc;
-    if (!json_is_object(o))
-        return cmr_fail(CMR_EFORMAT, "%s: \"text\" section missing", path);
-    if ((rc = get_int(path, o, "text", "vocab_size", 1, 1 << 24, &c->vocab_size)) < 0 ||
-        (rc = get_int(path, o, "text", "hidden", 1, 1 << 16, &c->hidden)) < 0 ||
-        (rc = get_int(path, o, "text", "layers", 1, 1024, &c->layers)) < 0 ||
-        (rc = get_int(path, o, "text", "heads", 1, 1024, &c->heads)) < 0 ||
-        (rc = get_int(path, o, "text", "intermediate", 1, 1 << 18, &c->intermediate)) < 0 ||
-        (rc = get_int(path, o, "text", "max_position", 2, 1 << 16, &c->max_position)) < 0 ||
-        (rc = get_int(path, o, "text", "type_vocab", 1, 1024, &c->type_vocab)) < 0 ||
-        (rc = get_eps(path, o, "text", &c->ln_eps)) < 0)
-        return rc;
-    tok->do_lower_case = get_tristate(o, "do_lower_case", 1);
-    tok->strip_accents = get_tristate(o, "strip_accents", -1);
-    tok->tokenize_chinese_chars = get_tristate(o, "tokenize_chinese_chars", 1);
-    tok->max_length = (size_t)c->max_position;
-    return 0;
-}
-
-static int parse_input(const char *path, json_t *o, const cmr_vit_config *v, cmr_model_input *in)
+int cmr_model_parse_input(const char *path, json_t *o, unsigned frames, unsigned channels, unsigned size,
+                          cmr_model_input *in)
 {
     static const float imagenet_mean[3] = {0.485f, 0.456f, 0.406f}, imagenet_std[3] = {0.229f, 0.224f, 0.225f};
     json_t *recipe = json_object_get(o, "recipe");
     if (!json_is_object(o) || !json_is_string(recipe) || strlen(json_string_value(recipe)) >= sizeof in->recipe)
         return cmr_fail(CMR_EFORMAT, "%s: \"input\" needs a \"recipe\" name", path);
     snprintf(in->recipe, sizeof in->recipe, "%s", json_string_value(recipe));
-    in->frames = (unsigned)v->num_frames;
-    in->channels = (unsigned)v->channels;
-    in->size = (unsigned)v->image_size;
+    in->frames = frames;
+    in->channels = channels;
+    in->size = size;
     memcpy(in->mean, imagenet_mean, sizeof in->mean);
     memcpy(in->std, imagenet_std, sizeof in->std);
     /* A model trained on other statistics says so; CMR-CLIP uses ImageNet's. */
@@ -124,13 +54,13 @@ static int parse_input(const char *path, json_t *o, const cmr_vit_config *v, cmr
         float *dst = which ? in->std : in->mean;
         if (!a)
             continue;
-        if (!json_is_array(a) || json_array_size(a) != (size_t)v->channels)
+        if (!json_is_array(a) || json_array_size(a) != (size_t)channels)
             return cmr_fail(CMR_EFORMAT, "%s: input.%s must list %d numbers", path, which ? "std" : "mean",
-                            v->channels);
-        for (int c = 0; c < v->channels; c++) {
+                            (int)channels);
+        for (unsigned c = 0; c < channels; c++) {
             json_t *x = json_array_get(a, (size_t)c);
             if (!json_is_number(x) || (which && json_number_value(x) <= 0))
-                return cmr_fail(CMR_EFORMAT, "%s: input.%s[%d] is not a valid number", path, which ? "std" : "mean",
+                return cmr_fail(CMR_EFORMAT, "%s: input.%s[%u] is not a valid number", path, which ? "std" : "mean",
                                 c);
             dst[c] = (float)json_number_value(x);
         }
@@ -169,7 +99,7 @@ static int locate(const char *path, char **dir, char **config)
 int cmr_model_open(const char *path, cmr_model **out)
 {
     *out = NULL;
-    char *config = NULL, *wpath = NULL, *vpath = NULL;
+    char *config = NULL;
     json_t *root = NULL;
     int rc;
     cmr_model *m = calloc(1, sizeof *m);
@@ -194,68 +124,31 @@ int cmr_model_open(const char *path, cmr_model **out)
                       json_is_integer(ver) ? (long long)json_integer_value(ver) : -1LL);
         goto fail;
     }
-    if (!json_is_string(arch) || strcmp(json_string_value(arch), "cmrclip") != 0) {
-        rc = cmr_fail(CMR_EUNSUPPORTED, "%s: architecture \"%s\" is not known to this build", config,
-                      json_is_string(arch) ? json_string_value(arch) : "?");
-        goto fail;
-    }
     if (!json_is_string(name) || !json_string_length(name) || json_string_length(name) >= sizeof m->name) {
         rc = cmr_fail(CMR_EFORMAT, "%s: \"name\" must be a string of 1..%zu bytes", config, sizeof m->name - 1);
         goto fail;
     }
     snprintf(m->name, sizeof m->name, "%s", json_string_value(name));
-    cmr_vit_config vc;
-    cmr_bert_config bc;
-    cmr_tokenizer_options to;
-    int embed;
-    if ((rc = parse_video(config, json_object_get(root, "video"), &vc)) < 0 ||
-        (rc = parse_text(config, json_object_get(root, "text"), &bc, &to)) < 0 ||
-        (rc = parse_input(config, json_object_get(root, "input"), &vc, &m->input)) < 0 ||
-        (rc = get_int(config, root, "model", "embed_dim", 1, 1 << 16, &embed)) < 0)
-        goto fail;
-    m->embed_dim = (unsigned)embed;
-    json_t *wname = json_object_get(root, "weights"), *vname = json_object_get(root, "vocab");
-    if (!(wpath = join(m->dir, json_is_string(wname) ? json_string_value(wname) : "weights.safetensors")) ||
-        !(vpath = join(m->dir, json_is_string(vname) ? json_string_value(vname) : "vocab.txt"))) {
-        rc = cmr_fail(CMR_ENOMEM, "out of memory");
-        goto fail;
+    const char *arch_name = json_is_string(arch) ? json_string_value(arch) : "?";
+    if (!strcmp(arch_name, "cmrclip")) {
+        m->arch = CMR_ARCH_CMRCLIP;
+        rc = cmr_model_open_cmrclip(m, root, config);
+    } else if (!strcmp(arch_name, "compact")) {
+        m->arch = CMR_ARCH_COMPACT;
+        rc = cmr_model_open_compact(m, root, config);
+    } else {
+        rc = cmr_fail(CMR_EUNSUPPORTED, "%s: architecture \"%s\" is not known to this build", config, arch_name);
     }
-    if ((rc = cmr_st_open(wpath, &m->weights)) < 0 || (rc = cmr_vit_bind(&m->video, &vc, m->weights, "video_model.")) < 0 ||
-        (rc = cmr_bert_bind(&m->text, &bc, m->weights, "text_model.")) < 0)
+    if (rc < 0)
         goto fail;
-    {
-        cmr_st_file *f = m->weights;
-        const char *prefix = "";
-        CMR_BIND2("vid_proj.1.weight", embed, vc.dim, &m->vid_proj_w);
-        CMR_BIND1("vid_proj.1.bias", embed, &m->vid_proj_b);
-        CMR_BIND2("txt_proj.1.weight", embed, bc.hidden, &m->txt_proj_w);
-        CMR_BIND1("txt_proj.1.bias", embed, &m->txt_proj_b);
-    }
-    if ((rc = cmr_tokenizer_open(vpath, &to, &m->tokenizer)) < 0)
-        goto fail;
-    if (cmr_tokenizer_vocab_size(m->tokenizer) != (size_t)bc.vocab_size) {
-        rc = cmr_fail(CMR_EFORMAT, "%s: %zu tokens, but the text tower's embedding has %d rows", vpath,
-                      cmr_tokenizer_vocab_size(m->tokenizer), bc.vocab_size);
-        goto fail;
-    }
-    m->max_tokens = (size_t)bc.max_position;
-    size_t hidden = (size_t)(vc.dim > bc.hidden ? vc.dim : bc.hidden);
-    if (!(m->hidden = malloc(hidden * sizeof *m->hidden)) || !(m->ids = malloc(m->max_tokens * sizeof *m->ids))) {
-        rc = cmr_fail(CMR_ENOMEM, "out of memory");
-        goto fail;
-    }
     hash_weights(m);
     json_decref(root);
     free(config);
-    free(wpath);
-    free(vpath);
     *out = m;
     return 0;
 fail:
     json_decref(root);
     free(config);
-    free(wpath);
-    free(vpath);
     cmr_model_close(m);
     return rc;
 }
@@ -264,13 +157,11 @@ void cmr_model_close(cmr_model *m)
 {
     if (!m)
         return;
-    cmr_vit_unbind(&m->video);
-    cmr_bert_unbind(&m->text);
+    if (m->arch == CMR_ARCH_CMRCLIP)
+        cmr_model_close_cmrclip(m);
+    else
+        cmr_model_close_compact(m);
     cmr_st_close(m->weights);
-    cmr_tokenizer_close(m->tokenizer);
-    cmr_arena_release(&m->ws);
-    free(m->hidden);
-    free(m->ids);
     free(m->dir);
     free(m);
 }
@@ -286,46 +177,27 @@ void cmr_model_set_probe(cmr_model *m, cmr_model_probe_fn fn, void *ctx)
     m->probe_ctx = ctx;
 }
 
-/* ReLU then Linear, as the published projections (index 0 is the ReLU). */
-static void project(const cmr_model *m, float *hidden, size_t dim, const float *w, const float *b, float *out,
-                    const char *stage)
-{
-    cmr_relu(hidden, dim);
-    cmr_linear(hidden, 1, dim, w, b, m->embed_dim, out);
-    if (m->probe)
-        m->probe(m->probe_ctx, stage, out, 1, m->embed_dim);
-    cmr_l2_normalize(out, m->embed_dim);
-}
-
 int cmr_model_encode_study(cmr_model *m, const float *video, unsigned frames, float *embedding)
 {
     if (!m || !video || !embedding)
         return cmr_fail(CMR_EINVAL, "cmr_model_encode_study: NULL argument");
-    int rc = cmr_vit_forward(&m->video, video, (int)frames, &m->ws, m->hidden, m->probe, m->probe_ctx);
-    if (rc < 0)
-        return rc;
-    project(m, m->hidden, (size_t)m->video.cfg.dim, m->vid_proj_w, m->vid_proj_b, embedding, "video.embed");
-    return 0;
+    return m->arch == CMR_ARCH_CMRCLIP ? cmr_model_study_cmrclip(m, video, frames, embedding)
+                                       : cmr_model_study_compact(m, video, frames, embedding);
 }
 
 int cmr_model_encode_tokens(cmr_model *m, const int32_t *ids, size_t n, float *embedding)
 {
     if (!m || !ids || !embedding)
         return cmr_fail(CMR_EINVAL, "cmr_model_encode_tokens: NULL argument");
-    int rc = cmr_bert_forward(&m->text, ids, n, &m->ws, m->hidden, m->probe, m->probe_ctx);
-    if (rc < 0)
-        return rc;
-    project(m, m->hidden, (size_t)m->text.cfg.hidden, m->txt_proj_w, m->txt_proj_b, embedding, "text.embed");
-    return 0;
+    if (m->arch != CMR_ARCH_CMRCLIP)
+        return cmr_fail(CMR_EUNSUPPORTED, "model %s reads text, not WordPiece ids", m->name);
+    return cmr_model_tokens_cmrclip(m, ids, n, embedding);
 }
 
 int cmr_model_encode_text(cmr_model *m, const char *text, float *embedding)
 {
     if (!m || !text || !embedding)
         return cmr_fail(CMR_EINVAL, "cmr_model_encode_text: NULL argument");
-    size_t n = 0;
-    int rc = cmr_tokenizer_encode(m->tokenizer, text, strlen(text), m->ids, m->max_tokens, &n);
-    if (rc < 0)
-        return rc;
-    return cmr_model_encode_tokens(m, m->ids, n, embedding);
+    return m->arch == CMR_ARCH_CMRCLIP ? cmr_model_text_cmrclip(m, text, embedding)
+                                       : cmr_model_text_compact(m, text, embedding);
 }

@@ -158,14 +158,10 @@ typedef float v16 __attribute__((vector_size(64)));
 #define CMR_CLONES
 #endif
 
-static inline v16 load16(const float *p)
-{
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+/* Macros, not functions: a 64-byte vector passed or returned by value in
+ * the non-AVX-512 clones is an ABI clang refuses outright. */
+#define LOAD16(v, p) memcpy(&(v), (p), sizeof(v16))
+#define store16(p, v) memcpy((p), &(v), sizeof(v16))
 
 size_t cmr_attend_scratch(size_t nq, size_t nk, size_t dh)
 {
@@ -183,7 +179,9 @@ CMR_CLONES static void scores(const float *q, size_t q_stride, size_t nq, const 
         for (size_t j = 0; j < nkp; j += 32) {
             v16 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
             for (size_t d = 0; d < dh; d++) {
-                v16 k0 = load16(kt + d * nkp + j), k1 = load16(kt + d * nkp + j + 16);
+                v16 k0, k1;
+                LOAD16(k0, kt + d * nkp + j);
+                LOAD16(k1, kt + d * nkp + j + 16);
                 a00 += q0[d] * k0;
                 a01 += q0[d] * k1;
                 a10 += q1[d] * k0;
@@ -205,8 +203,11 @@ CMR_CLONES static void scores(const float *q, size_t q_stride, size_t nq, const 
         for (size_t j = 0; j < nkp; j += 32) {
             v16 a0 = {0}, a1 = {0};
             for (size_t d = 0; d < dh; d++) {
-                a0 += qi[d] * load16(kt + d * nkp + j);
-                a1 += qi[d] * load16(kt + d * nkp + j + 16);
+                v16 k0, k1;
+                LOAD16(k0, kt + d * nkp + j);
+                LOAD16(k1, kt + d * nkp + j + 16);
+                a0 += qi[d] * k0;
+                a1 += qi[d] * k1;
             }
             store16(s + i * nkp + j, a0);
             store16(s + i * nkp + j + 16, a1);
@@ -225,7 +226,9 @@ CMR_CLONES static void weighted_values(const float *p, size_t nkp, size_t nq, co
         for (size_t c = 0; c < dh; c += 32) {
             v16 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
             for (size_t j = 0; j < nk; j++) {
-                v16 v0 = load16(v + j * kv_stride + c), v1 = load16(v + j * kv_stride + c + 16);
+                v16 v0, v1;
+                LOAD16(v0, v + j * kv_stride + c);
+                LOAD16(v1, v + j * kv_stride + c + 16);
                 a00 += p0[j] * v0;
                 a01 += p0[j] * v1;
                 a10 += p1[j] * v0;
@@ -247,8 +250,11 @@ CMR_CLONES static void weighted_values(const float *p, size_t nkp, size_t nq, co
         for (size_t c = 0; c < dh; c += 32) {
             v16 a0 = {0}, a1 = {0};
             for (size_t j = 0; j < nk; j++) {
-                a0 += pi[j] * load16(v + j * kv_stride + c);
-                a1 += pi[j] * load16(v + j * kv_stride + c + 16);
+                v16 v0, v1;
+                LOAD16(v0, v + j * kv_stride + c);
+                LOAD16(v1, v + j * kv_stride + c + 16);
+                a0 += pi[j] * v0;
+                a1 += pi[j] * v1;
             }
             store16(out + i * out_stride + c, a0);
             store16(out + i * out_stride + c + 16, a1);
@@ -329,3 +335,4 @@ void cmr_arena_release(cmr_arena *a)
     a->base = NULL;
     a->cap = a->used = 0;
 }
+

@@ -287,3 +287,61 @@ int cmr_st_bind(cmr_st_file *f, const char *prefix, const char *name, int ndim, 
         return cmr_fail(CMR_EINVAL, "tensor name too long: %s%s", prefix, name);
     return cmr_st_f32(f, full, ndim, shape, out);
 }
+
+int cmr_st_write(const char *path, const cmr_st_entry *entries, size_t n, json_t *metadata)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return cmr_fail(CMR_EINVAL, "%s: path too long", path);
+    json_t *hdr = json_object();
+    size_t offset = 0;
+    int rc = 0;
+    for (size_t i = 0; i < n && hdr; i++) {
+        json_t *shape = json_array();
+        size_t count = 1;
+        for (int d = 0; d < entries[i].ndim; d++) {
+            json_array_append_new(shape, json_integer(entries[i].shape[d]));
+            count *= (size_t)entries[i].shape[d];
+        }
+        json_object_set_new(hdr, entries[i].name,
+                            json_pack("{s:s, s:o, s:[I,I]}", "dtype", "F32", "shape", shape, "data_offsets",
+                                      (json_int_t)offset, (json_int_t)(offset + 4 * count)));
+        offset += 4 * count;
+    }
+    if (hdr && metadata)
+        json_object_set(hdr, "__metadata__", metadata);
+    char *text = hdr ? json_dumps(hdr, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(hdr);
+    if (!text)
+        return cmr_fail(CMR_ENOMEM, "%s: cannot build the header", path);
+    size_t hlen = strlen(text), padded = (hlen + 7) / 8 * 8;
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        free(text);
+        return cmr_fail(CMR_EIO, "%s: %s", tmp, strerror(errno));
+    }
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)((uint64_t)padded >> (8 * i));
+    int ok = fwrite(le, 1, 8, f) == 8 && fwrite(text, 1, hlen, f) == hlen;
+    for (size_t i = hlen; ok && i < padded; i++)
+        ok = fputc(' ', f) != EOF;
+    for (size_t i = 0; ok && i < n; i++) {
+        size_t count = 1;
+        for (int d = 0; d < entries[i].ndim; d++)
+            count *= (size_t)entries[i].shape[d];
+        /* Little-endian hosts write the floats as they are. */
+        ok = fwrite(entries[i].data, sizeof(float), count, f) == count;
+    }
+    free(text);
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (fclose(f) != 0)
+        ok = 0;
+    if (!ok)
+        rc = cmr_fail(CMR_EIO, "%s: write failed: %s", tmp, strerror(errno));
+    else if (rename(tmp, path) != 0)
+        rc = cmr_fail(CMR_EIO, "%s: %s", path, strerror(errno));
+    if (rc)
+        unlink(tmp);
+    return rc;
+}

@@ -20,6 +20,15 @@ CMR_TEST_MODEL_DIR=$tmp/model "$test_model"
 "$cmrsearch" index --db "$tmp/db" --model "$tmp/model" --json "$tmp/archive" >"$tmp/index.json"
 "$cmrsearch" stats --db "$tmp/db" --json >"$tmp/stats.json"
 "$cmrsearch" search --db "$tmp/db" --case 1 -k 2 --json >"$tmp/search.json"
+"$cmrsearch" search --db "$tmp/db" --model "$tmp/model" --text "dilated cardiomyopathy" -k 3 --json >"$tmp/text.json"
+study=$tmp/archive/$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["study_list"][0]["dir"])' \
+    "$tmp/archive/truth.json")
+"$cmrsearch" search --db "$tmp/db" --model "$tmp/model" --study "$study" -k 3 --json >"$tmp/study.json"
+# A model other than the store's is refused, by name.
+if "$cmrsearch" search --db "$tmp/db" --model "$src/tests/fixtures/model/small" --text x >/dev/null 2>"$tmp/err"; then
+    echo "a different model was accepted" >&2; exit 1
+fi
+grep -q "never mixed" "$tmp/err"
 "$python" - "$tmp" <<'PY'
 import json, sys
 d = sys.argv[1]
@@ -46,5 +55,18 @@ assert stats["spaces"]["text"]["vectors"] == 3, stats["spaces"]
 print("search:", json.dumps(search)[:300])
 hits = find(search, "results") or find(search, "hits")
 assert hits and len(hits) == 2, "two neighbours of case 1"
+for name, n in (("text", 3), ("study", 3)):
+    doc = json.load(open(d + "/" + name + ".json"))
+    res = doc["results"]
+    assert len(res) == n, (name, len(res))
+    for hit in res:
+        sim = hit["similarity"]
+        assert abs(sim["image"] - hit["score"]) < 1e-5, hit   # the target space is image
+        assert sim["text"] is not None and -1.0001 <= sim["text"] <= 1.0001, hit
+        assert hit["case"]["impression"], hit
+    print(name, "query:", [(h["id"], round(h["score"], 4)) for h in res])
+study_doc = json.load(open(d + "/study.json"))
+# The study queried is in the store: it must come first, at similarity ~1.
+assert study_doc["results"][0]["score"] > 0.9999, study_doc["results"][0]
 PY
 echo "model_e2e: ok"

@@ -855,8 +855,10 @@ static void test_exit_statuses(void **state)
     assert_contains(f->err, "cmrsearch: search: unknown option '--bogus'");
     assert_int_equal(run(f, "search", "--db", f->db, NULL), CMR_EXIT_USAGE);
     assert_contains(f->err, "give exactly one query");
-    assert_int_equal(run(f, "search", "--db", f->db, "--text", "LGE", NULL), CMR_EXIT_USAGE);
-    assert_contains(f->err, "not available until a model is installed");
+    assert_int_equal(run(f, "search", "--db", f->db, "--text", "", NULL), CMR_EXIT_USAGE);
+    assert_contains(f->err, "the phrase is empty");
+    assert_int_equal(run(f, "search", "--db", f->db, "--text", "LGE", "--case", "1", NULL), CMR_EXIT_USAGE);
+    assert_int_equal(run(f, "search", "--db", f->db, "--text", "LGE", "--space", "image", NULL), CMR_EXIT_USAGE);
     assert_int_equal(run(f, "search", "--db", f->db, "--case", "1", "-k", "0", NULL), CMR_EXIT_USAGE);
     assert_int_equal(run(f, "search", "--db", f->db, "--case", "1", "--where", "x = 1", NULL),
                      CMR_EXIT_USAGE);

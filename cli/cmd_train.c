@@ -1,0 +1,287 @@
+/* cmrsearch train: align a compact model on the store's own (study,
+ * impression) pairs (docs/training.md). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmr_cli.h"
+#include "cmr_model.h"
+
+static const char usage[] =
+    "usage: cmrsearch train --db DIR --out MODEL_DIR [--init MODEL_DIR] [--epochs N] [--batch N]\n"
+    "                       [--lr X] [--weight-decay X] [--temperature T] [--learn-temperature]\n"
+    "                       [--val-fraction F] [--patience N] [--seed S] [--name NAME]\n"
+    "                       [--checkpoint FILE] [--threads N] [--json]\n"
+    "\n"
+    "Trains the compact model (docs/compact-model.md) on every case of the store\n"
+    "that has an impression: its study is read again from the folder recorded at\n"
+    "index time, built into the model's input with room for augmentation, and\n"
+    "paired with its impression.  No labels are used.  A tenth of the patients\n"
+    "(by default) is held out; the epoch with the best validation recall@10 is\n"
+    "written to MODEL_DIR.  Deterministic for a seed; with --checkpoint an\n"
+    "interrupted run resumes where it stopped.\n"
+    "\n"
+    "  --init DIR          fine-tune this compact model instead of starting afresh\n"
+    "                      (learning rate default 2e-4 instead of 2e-3)\n"
+    "  --epochs N          at most N epochs (default 30)\n"
+    "  --batch N           pairs per step (default 32)\n"
+    "  --lr X              peak learning rate (warm-up 1 epoch, cosine decay)\n"
+    "  --temperature T     InfoNCE temperature (default 0.05, fixed as in CMR-CLIP)\n"
+    "  --learn-temperature learn it instead\n"
+    "  --patience N        stop after N epochs without a better validation R@10\n"
+    "  --checkpoint FILE   save the state after every epoch; resume from it\n"
+    "  --threads N         threads for reading the studies (default: all CPUs)\n";
+
+typedef struct train_inputs {
+    size_t n;
+    uint8_t **videos;
+    char **texts;
+    uint64_t *groups;
+} train_inputs;
+
+static void free_inputs(train_inputs *in)
+{
+    for (size_t i = 0; i < in->n; i++) {
+        free(in->videos[i]);
+        free(in->texts[i]);
+    }
+    free(in->videos);
+    free(in->texts);
+    free(in->groups);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The pairs: cases with an impression, their studies read again and built
+ * into the training frame cache. */
+static int gather(cmr_cli *cli, cmr_store *store, const cmr_model_input *model_in, unsigned threads,
+                  train_inputs *out, size_t *missing)
+{
+    uint64_t *ids = NULL;
+    size_t n_ids = 0, n_folders = 0;
+    cmr_case **cases = NULL;
+    char **folders = NULL;
+    cmr_archive *archive = NULL;
+    int rc = cmr_store_list(store, &ids, &n_ids);
+    memset(out, 0, sizeof *out);
+    *missing = 0;
+    if (rc)
+        return rc;
+    if (!(cases = calloc(n_ids ? n_ids : 1, sizeof *cases)) || !(folders = calloc(n_ids ? n_ids : 1, sizeof *folders))) {
+        rc = cmr_fail(CMR_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n_ids; i++) {
+        cmr_case *c;
+        if ((rc = cmr_store_get(store, ids[i], &c)))
+            goto done;
+        if (!c->impression || !*c->impression || !c->n_sources) {
+            cmr_case_free(c);
+            continue;
+        }
+        cases[i] = c;
+        folders[n_folders++] = (char *)c->sources[0];
+    }
+    qsort(folders, n_folders, sizeof *folders, cmp_str);
+    size_t unique = 0;
+    for (size_t i = 0; i < n_folders; i++)
+        if (!unique || strcmp(folders[unique - 1], folders[i]))
+            folders[unique++] = folders[i];
+    if (!unique) {
+        rc = cmr_fail(CMR_EINVAL, "the store has no case with an impression to train on");
+        goto done;
+    }
+    cmr_scan_options so = {.threads = threads, .progress = NULL};
+    if ((rc = cmr_archive_scan((const char *const *)folders, unique, &so, &archive)))
+        goto done;
+    cmr_input_spec spec;
+    cmr_input_spec_cmrclip(&spec);
+    spec.frames = model_in->frames * CMR_TRAIN_CANDIDATES;
+    spec.size = model_in->size + CMR_TRAIN_MARGIN;
+    spec.resize = (model_in->size * 256 + 112) / 224;
+    spec.channels = 1;
+    for (int c = 0; c < 3; c++) {
+        spec.mean[c] = 0; /* the cache keeps [0, 1] grey; the trainer normalises */
+        spec.std[c] = 1;
+    }
+    size_t per = (size_t)spec.frames * spec.size * spec.size;
+    if (!(out->videos = calloc(n_ids, sizeof *out->videos)) || !(out->texts = calloc(n_ids, sizeof *out->texts)) ||
+        !(out->groups = calloc(n_ids, sizeof *out->groups))) {
+        rc = cmr_fail(CMR_ENOMEM, "out of memory");
+        goto done;
+    }
+    /* Study i of the archive → the case with its UID. */
+    size_t n_studies = archive->n_studies, done_count = 0;
+    cmr_case **match = calloc(n_studies ? n_studies : 1, sizeof *match);
+    if (!match) {
+        rc = cmr_fail(CMR_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t s = 0; s < n_studies; s++)
+        for (size_t i = 0; i < n_ids; i++)
+            if (cases[i] && !strcmp(cases[i]->study_uid, archive->studies[s].uid)) {
+                match[s] = cases[i];
+                break;
+            }
+    uint8_t **cache = calloc(n_studies ? n_studies : 1, sizeof *cache);
+    if (!cache) {
+        free(match);
+        rc = cmr_fail(CMR_ENOMEM, "out of memory");
+        goto done;
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t s = 0; s < n_studies; s++) {
+        if (!match[s])
+            continue;
+        cmr_study *st = &archive->studies[s];
+        float *t = NULL;
+        cmr_tensor_info info;
+        if (cmr_study_tensor(st, &spec, &t, &info) == 0 && (cache[s] = malloc(per))) {
+            for (size_t k = 0; k < per; k++) {
+                float v = t[k] * 255.0f + 0.5f;
+                cache[s][k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+            }
+        }
+        free(t);
+#pragma omp critical
+        cmr_cli_progress(cli, "building training inputs", ++done_count, n_studies);
+    }
+    for (size_t s = 0; s < n_studies; s++) {
+        if (!cache[s]) {
+            *missing += match[s] != NULL;
+            continue;
+        }
+        size_t i = out->n++;
+        out->videos[i] = cache[s];
+        out->texts[i] = strdup(match[s]->impression);
+        uint64_t g = match[s]->id;
+        if (match[s]->has_patient_key)
+            memcpy(&g, match[s]->patient_key, sizeof g);
+        out->groups[i] = g;
+        if (!out->texts[i])
+            rc = cmr_fail(CMR_ENOMEM, "out of memory");
+    }
+    free(cache);
+    free(match);
+done:
+    for (size_t i = 0; cases && i < n_ids; i++)
+        cmr_case_free(cases[i]);
+    free(cases);
+    free(folders);
+    free(ids);
+    cmr_archive_free(archive);
+    return rc;
+}
+
+static void on_train_progress(void *user, const cmr_train_progress *p)
+{
+    cmr_cli *cli = user;
+    if (!cli->show_progress)
+        return;
+    if (p->validated)
+        fprintf(cli->err, "\repoch %u/%u  loss %.4f  validation loss %.4f  R@1 %.3f  R@5 %.3f  R@10 %.3f  (%.0f s)\n",
+                p->epoch, p->epochs, p->loss, p->val_loss, p->val_r1, p->val_r5, p->val_r10, p->seconds);
+    else
+        fprintf(cli->err, "\repoch %u/%u  step %zu/%zu  loss %.4f  (%.0f s)", p->epoch, p->epochs, p->step, p->steps,
+                p->loss, p->seconds);
+    fflush(cli->err);
+}
+
+static int parse_float(const char *option, const char *text, double lo, double hi, float *out)
+{
+    char *end;
+    double v = text ? strtod(text, &end) : 0;
+    if (!text)
+        return 0;
+    if (end == text || *end || !(v >= lo && v <= hi))
+        return cmr_fail(CMR_EINVAL, "%s: '%s' is not a number in [%g, %g]", option, text, lo, hi);
+    *out = (float)v;
+    return 0;
+}
+
+int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
+{
+    const char *db = NULL, *out_dir = NULL, *init = NULL, *epochs = NULL, *batch = NULL, *lr = NULL, *wd = NULL,
+               *temp = NULL, *valf = NULL, *patience = NULL, *seed = NULL, *name = NULL, *checkpoint = NULL,
+               *threads_text = NULL;
+    int learn_temp = 0;
+    const cmr_cli_option options[] = {
+        {"db", 0, &db, NULL},           {"out", 0, &out_dir, NULL},        {"init", 0, &init, NULL},
+        {"epochs", 0, &epochs, NULL},   {"batch", 0, &batch, NULL},        {"lr", 0, &lr, NULL},
+        {"weight-decay", 0, &wd, NULL}, {"temperature", 0, &temp, NULL},   {"val-fraction", 0, &valf, NULL},
+        {"patience", 0, &patience, NULL}, {"seed", 0, &seed, NULL},        {"name", 0, &name, NULL},
+        {"checkpoint", 0, &checkpoint, NULL}, {"threads", 0, &threads_text, NULL},
+        {"learn-temperature", 0, NULL, &learn_temp}, {"json", 0, NULL, &cli->json},
+    };
+    const char *extra[1];
+    size_t n_extra;
+    int rc = cmr_cli_parse_command(cli, argc, argv, options, sizeof options / sizeof *options, usage, extra, 1,
+                              &n_extra);
+    if (rc)
+        return rc < 0 ? rc : 0;
+    if (n_extra)
+        return cmr_fail(CMR_EINVAL, "unexpected argument '%s' (see 'cmrsearch train --help')", extra[0]);
+    if (!out_dir)
+        return cmr_fail(CMR_EINVAL, "--out MODEL_DIR is required");
+    cmr_train_options o;
+    cmr_train_options_init(&o);
+    o.init = init;
+    if (init)
+        o.lr = 2e-4f;
+    uint64_t v;
+    if (name)
+        o.name = name;
+    if (epochs && !(rc = cmr_cli_parse_u64("--epochs", epochs, 1, 10000, &v)))
+        o.epochs = (unsigned)v;
+    if (!rc && batch && !(rc = cmr_cli_parse_u64("--batch", batch, 2, 4096, &v)))
+        o.batch = (unsigned)v;
+    if (!rc && patience && !(rc = cmr_cli_parse_u64("--patience", patience, 0, 10000, &v)))
+        o.patience = (unsigned)v;
+    if (!rc && seed && !(rc = cmr_cli_parse_u64("--seed", seed, 0, UINT64_MAX, &v)))
+        o.seed = v;
+    uint64_t threads = 0;
+    if (!rc && threads_text)
+        rc = cmr_cli_parse_u64("--threads", threads_text, 1, 64, &threads);
+    if (rc || (rc = parse_float("--lr", lr, 1e-7, 1, &o.lr)) || (rc = parse_float("--weight-decay", wd, 0, 1, &o.weight_decay)) ||
+        (rc = parse_float("--temperature", temp, 1e-3, 10, &o.temperature)) ||
+        (rc = parse_float("--val-fraction", valf, 0, 0.9, &o.val_fraction)))
+        return rc;
+    o.learn_temperature = learn_temp;
+    o.checkpoint = checkpoint;
+    o.progress = on_train_progress;
+    o.progress_user = cli;
+    cmr_model_input model_in;
+    if ((rc = cmr_train_input(&o, &model_in)))
+        return rc;
+    cmr_store *store;
+    if ((rc = cmr_cli_open_store(cli, db, CMR_STORE_RDONLY, &store)))
+        return rc;
+    train_inputs in;
+    size_t missing = 0;
+    rc = gather(cli, store, &model_in, (unsigned)threads, &in, &missing);
+    cmr_store_close(store);
+    if (rc) {
+        free_inputs(&in);
+        return rc;
+    }
+    cmr_train_set set = {.n = in.n, .videos = (const uint8_t *const *)in.videos,
+                         .texts = (const char *const *)in.texts, .groups = in.groups};
+    cmr_train_result r;
+    rc = cmr_train(&set, &o, out_dir, &r);
+    free_inputs(&in);
+    if (rc)
+        return rc;
+    if (cli->json)
+        return cmr_cli_print_json(
+            cli, json_pack("{s:s, s:I, s:I, s:I, s:i, s:i, s:f, s:f, s:f, s:b}", "model", out_dir, "pairs",
+                           (json_int_t)set.n, "train_pairs", (json_int_t)r.n_train, "val_pairs", (json_int_t)r.n_val,
+                           "epochs_run", (int)r.epochs_run, "best_epoch", (int)r.best_epoch, "best_val_r10",
+                           r.best_val_r10, "final_loss", r.final_loss, "seconds", r.seconds, "resumed", r.resumed));
+    fprintf(cli->out, "trained %s on %zu pairs (%zu train, %zu validation%s) in %.0f s\n", out_dir, set.n, r.n_train,
+            r.n_val, missing ? ", some studies unreadable" : "", r.seconds);
+    fprintf(cli->out, "best epoch %u of %u: validation R@10 %.3f; final training loss %.4f%s\n", r.best_epoch,
+            r.epochs_run, r.best_val_r10, r.final_loss, r.resumed ? " (resumed from the checkpoint)" : "");
+    if (missing)
+        fprintf(cli->out, "%zu studies with an impression could not be built into the model input and were left out\n",
+                missing);
+    return 0;
+}
