@@ -154,6 +154,11 @@ static void build_case(case_builder *b, cmr_store *store, const cmr_study *st, c
         if (!c->impression && report->impression) {
             c->impression = report->impression;
             c->impression_source = rep->paths[r];
+        } else if (report->impression && strcmp(report->impression, c->impression) != 0) {
+            /* Reports are linked in a fixed order (their paths); the first
+             * impression is kept, and the curator is told. */
+            add_issue(sum, "study %s: %s also has an impression, different from the one kept (%s)", st->uid,
+                      rep->paths[r], c->impression_source);
         }
         for (size_t k = 0; k < report->n_codes && c->n_diagnoses < 64; k++) {
             const cmr_report_code *code = &report->codes[k];
@@ -289,6 +294,7 @@ int cmr_ingest(cmr_store *store, const char *const *roots, size_t n_roots, const
     cmr_report **reports = NULL;
     cmr_report_link *links = NULL;
     study_reports *per_study = NULL;
+    long *manifest_map = NULL;
     int rc;
 
     if (o && o->manifest_path && (rc = cmr_manifest_read(o->manifest_path, &manifest)))
@@ -330,6 +336,8 @@ int cmr_ingest(cmr_store *store, const char *const *roots, size_t n_roots, const
         for (size_t w = 0; w < reports[i]->n_warnings; w++)
             add_issue(sum, "%s", reports[i]->warnings[w]);
     }
+    if (manifest && (rc = cmr_manifest_match(manifest, archive, &manifest_map)))
+        goto fail;
     if ((rc = cmr_report_link_all(archive, manifest, archive->report_paths, (const cmr_report *const *)reports,
                                   n_rep, &links)))
         goto fail;
@@ -378,10 +386,11 @@ int cmr_ingest(cmr_store *store, const char *const *roots, size_t n_roots, const
             sum->pub.studies_skipped++;
             continue;
         }
+        /* The manifest study describing this one (by UID, folder or a
+         * unique accession), else the manifest's own site. */
         const char *site = NULL;
-        for (size_t m = 0; manifest && m < manifest->n_studies && !site; m++)
-            if (manifest->studies[m].study_uid && !strcmp(manifest->studies[m].study_uid, st->uid))
-                site = manifest->studies[m].site;
+        if (manifest_map && manifest_map[i] >= 0)
+            site = manifest->studies[manifest_map[i]].site;
         if (!site && manifest)
             site = manifest->site;
         if ((rc = ingest_study(store, o, st, &per_study[i], site, sum)))
@@ -391,6 +400,7 @@ int cmr_ingest(cmr_store *store, const char *const *roots, size_t n_roots, const
     *out = &sum->pub;
     sum = NULL;
 fail:
+    free(manifest_map);
     if (per_study)
         for (size_t i = 0; i < archive->n_studies; i++) {
             free(per_study[i].items);

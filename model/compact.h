@@ -81,6 +81,12 @@ int cmr_compact_text_forward(const cmr_compact_config *c, const float *params, c
 int cmr_compact_text_backward(const cmr_compact_config *c, const float *params, cmr_compact_text_cache *cache,
                               const float *d_emb, float *grads);
 
+/* Test hook: a stage of the last training forward kept in the cache
+ * ("video.conv1".."video.conv5" channels-last, "video.g", "video.pooled",
+ * "video.z"), rows x cols floats; NULL for an unknown stage. */
+const float *cmr_compact_video_probe(const cmr_compact_video_cache *cache, const char *stage, size_t *rows,
+                                     size_t *cols);
+
 /* Symmetric InfoNCE (docs/compact-model.md, "Loss") over a batch of B
  * pairs: img, txt [B][E] before normalisation.  Returns the loss and, when
  * the pointers are non-NULL, dLoss/d(img), dLoss/d(txt) and dLoss/d(logit_scale). */

@@ -65,8 +65,6 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 
 /* Test hook (see the end of this file): a stage of the last forward kept in
  * a training cache.  Proposed for compact.h. */
-const float *cmr_compact_video_probe(const cmr_compact_video_cache *cache, const char *stage, size_t *rows,
-                                     size_t *cols);
 
 typedef struct conv_geom {
     int cin, cout, stride, in_side, out_side;

@@ -8,11 +8,3 @@ if(TARGET test_compact_video)
   target_compile_definitions(test_compact_video PRIVATE CMR_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
 endif()
 
-# TEMPORARY, for the lead to move into model/CMakeLists.txt (next to ops.c's
-# line, which has the same needs): compact_video.c's product kernel is
-# written with vector extensions and clones like ops.c's attention and needs
-# the same options: -ffp-contract=fast (ISO C mode turns FMA contraction off:
-# half the kernel's speed), -O3, and -Wno-psabi (64-byte vectors in static
-# helpers).
-set_source_files_properties(${CMAKE_SOURCE_DIR}/model/compact_video.c DIRECTORY ${CMAKE_SOURCE_DIR}/model
-                            PROPERTIES COMPILE_OPTIONS "-O3;-ffp-contract=fast;-Wno-psabi")

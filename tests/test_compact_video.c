@@ -32,8 +32,6 @@
 #define TOL 1e-4
 
 /* The test hook of compact_video.c (proposed for compact.h). */
-const float *cmr_compact_video_probe(const cmr_compact_video_cache *cache, const char *stage, size_t *rows,
-                                     size_t *cols);
 
 /* ---- the fixture --------------------------------------------------------------------------------- */
 

@@ -4,6 +4,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <new>
+#include <sys/stat.h>
 #include <vector>
 
 #include <dcmtk/config/osconfig.h>
@@ -98,6 +99,35 @@ extern "C" int cmr_dcm_putf(cmr_dcm *d, uint32_t tag, const char *fmt, ...)
     if (n < 0 || (size_t)n >= sizeof buf)
         return cmr_fail(CMR_EINVAL, "DICOM (%04x,%04x): value too long", tag >> 16, tag & 0xffff);
     return cmr_dcm_put(d, tag, buf);
+}
+
+extern "C" int cmr_dcm_put_private(cmr_dcm *d, uint32_t tag, const char *vr, const char *value)
+{
+    DcmTag t(key_of(tag));
+    DcmVR v(vr);
+    t.setVR(v);
+    DcmElement *e = nullptr;
+    switch (v.getEVR()) {
+    case EVR_LO: e = new (std::nothrow) DcmLongString(t); break;
+    case EVR_SH: e = new (std::nothrow) DcmShortString(t); break;
+    case EVR_DS: e = new (std::nothrow) DcmDecimalString(t); break;
+    case EVR_IS: e = new (std::nothrow) DcmIntegerString(t); break;
+    case EVR_FL: e = new (std::nothrow) DcmFloatingPointSingle(t); break;
+    case EVR_FD: e = new (std::nothrow) DcmFloatingPointDouble(t); break;
+    case EVR_SS: e = new (std::nothrow) DcmSignedShort(t); break;
+    case EVR_US: e = new (std::nothrow) DcmUnsignedShort(t); break;
+    default: return cmr_fail(CMR_EINVAL, "DICOM (%04x,%04x): unsupported private VR %s", tag >> 16, tag & 0xffff, vr);
+    }
+    if (!e)
+        return cmr_fail(CMR_ENOMEM, "out of memory");
+    OFCondition c = e->putString(value);
+    if (c.good())
+        c = d->items.back()->insert(e, OFTrue);
+    if (c.bad()) {
+        delete e; /* not inserted, still ours */
+        return cmr_fail(CMR_EINVAL, "DICOM (%04x,%04x) = \"%s\": %s", tag >> 16, tag & 0xffff, value, c.text());
+    }
+    return 0;
 }
 
 extern "C" int cmr_dcm_seq_begin(cmr_dcm *d, uint32_t tag)
@@ -219,14 +249,8 @@ extern "C" int cmr_dcm_save(cmr_dcm *d, const char *path, int ts, size_t *bytes)
     if (c.bad())
         return cmr_fail(CMR_EIO, "%s: %s", path, c.text());
     if (bytes) {
-        FILE *f = fopen(path, "rb");
-        *bytes = 0;
-        if (f) {
-            fseek(f, 0, SEEK_END);
-            long n = ftell(f);
-            *bytes = n > 0 ? (size_t)n : 0;
-            fclose(f);
-        }
+        struct stat sb;
+        *bytes = stat(path, &sb) == 0 && sb.st_size > 0 ? (size_t)sb.st_size : 0;
     }
     return 0;
 }

@@ -46,6 +46,10 @@ int cmr_dcm_putf(cmr_dcm *d, uint32_t tag, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
+/* A private element with an explicit VR (LO, SH, DS, IS, FL, FD, SS or US;
+ * the dictionary does not know vendors' tags); write its creator element
+ * (gggg,00xx) first with cmr_dcm_put. */
+int cmr_dcm_put_private(cmr_dcm *d, uint32_t tag, const char *vr, const char *value);
 int cmr_dcm_seq_begin(cmr_dcm *d, uint32_t tag);
 int cmr_dcm_item_begin(cmr_dcm *d);
 int cmr_dcm_item_end(cmr_dcm *d);

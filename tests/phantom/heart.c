@@ -1,10 +1,12 @@
-/* Analytic heart: parameters per diagnosis, tables, motion and painting. */
+/* Analytic heart: parameters per diagnosis, tables, motion, bounds and the
+ * volume measurement (painting is in heart_paint.c). */
 #include "heart.h"
 
 #include <math.h>
 #include <string.h>
 
 #include "cmr_error.h"
+#include "heart_geom.h"
 
 const char *const cmr_dx_key[CMR_DX_COUNT] = {"normal", "hcm",     "amyloidosis", "dcm",   "icm",
                                               "myocarditis", "sarcoidosis", "lvnc", "fabry", "arvc"};
@@ -21,26 +23,6 @@ const char *const cmr_dx_key[CMR_DX_COUNT] = {"normal", "hcm",     "amyloidosis"
 #define TH_ANTLAT (45 * DEG)
 #define TH_RVI_ANT (118 * DEG) /* RV insertion points */
 #define TH_RVI_INF (-122 * DEG)
-
-static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
-static inline float alpha_of(float d, float soft) { return clampf(0.5f - d / soft, 0.f, 1.f); }
-static inline float paint(float I, float a, float v) { return I + a * (v - I); }
-
-/* atan2 to ~1e-4 rad: the tables it indexes are coarser than that. */
-static inline float fast_atan2f(float y, float x)
-{
-    float ax = fabsf(x), ay = fabsf(y);
-    float mx = ax > ay ? ax : ay, mn = ax > ay ? ay : ax;
-    if (mx == 0)
-        return 0;
-    float a = mn / mx, s = a * a;
-    float r = ((-0.0464964749f * s + 0.15931422f) * s - 0.327622764f) * s * a + a;
-    if (ay > ax)
-        r = 1.57079637f - r;
-    if (x < 0)
-        r = 3.14159274f - r;
-    return y < 0 ? -r : r;
-}
 
 static double wrap_angle(double a)
 {
@@ -305,33 +287,6 @@ void cmr_heart_draw(cmr_rng *r, int dx, double bs, int female, cmr_heart_params 
 
 /* ---- tables ---- */
 
-static inline float tab_theta_idx(float th) { return (th + (float)M_PI) * (CMR_NT / (2 * (float)M_PI)); }
-static inline float tab_z_idx(float z) { return clampf(-z, 0.f, 1.f) * (CMR_NZ - 1); }
-
-static inline float tab2(const float t[CMR_NT][CMR_NZ], float ti, float zi)
-{
-    int i0 = (int)floorf(ti), j0 = (int)zi;
-    float fi = ti - i0, fj = zi - j0;
-    i0 = ((i0 % CMR_NT) + CMR_NT) % CMR_NT;
-    int i1 = (i0 + 1) % CMR_NT, j1 = j0 + 1 < CMR_NZ ? j0 + 1 : j0;
-    return (t[i0][j0] * (1 - fj) + t[i0][j1] * fj) * (1 - fi) + (t[i1][j0] * (1 - fj) + t[i1][j1] * fj) * fi;
-}
-
-static float scar_lookup(const cmr_heart *h, float ti, float zi, float d)
-{
-    float di = clampf(d, 0.f, 1.f) * (CMR_ND - 1);
-    int k0 = (int)di;
-    float fk = di - k0;
-    int k1 = k0 + 1 < CMR_ND ? k0 + 1 : k0;
-    int i0 = (int)floorf(ti), j0 = (int)zi;
-    float fi = ti - i0, fj = zi - j0;
-    i0 = ((i0 % CMR_NT) + CMR_NT) % CMR_NT;
-    int i1 = (i0 + 1) % CMR_NT, j1 = j0 + 1 < CMR_NZ ? j0 + 1 : j0;
-#define S3(i, j) (h->scar[i][j][k0] * (1 - fk) + h->scar[i][j][k1] * fk)
-    return (S3(i0, j0) * (1 - fj) + S3(i0, j1) * fj) * (1 - fi) + (S3(i1, j0) * (1 - fj) + S3(i1, j1) * fj) * fi;
-#undef S3
-}
-
 static double bump_eval(const cmr_bump *b, double th, double z)
 {
     double dt = wrap_angle(th - b->theta);
@@ -423,119 +378,6 @@ void cmr_heart_phase_at(const cmr_heart *h, double t, cmr_heart_phase *ph)
     ph->ra_k = 1 + 0.09 * ph->c - 0.06 * kick;
 }
 
-/* ---- geometry ---- */
-
-typedef struct lv_geom {
-    float r, th, ti, zi, z, ws, endo, epi, d_endo, d_epi;
-} lv_geom;
-
-static inline void lv_eval(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3], lv_geom *g)
-{
-    const cmr_heart_params *p = &h->p;
-    float u = (float)q[0], v = (float)q[1];
-    g->ws = (float)(q[2] - ph->wc);
-    g->z = g->ws / (float)ph->L;
-    g->r = sqrtf(u * u + v * v);
-    g->th = fast_atan2f(v, u);
-    g->ti = tab_theta_idx(g->th);
-    g->zi = tab_z_idx(g->z);
-    float zc = g->z < -1 ? -1 : (g->z > 0 ? 0 : g->z);
-    float k = 1.0f - (float)(ph->c * p->a_contract) * tab2(h->motion, g->ti, g->zi);
-    float T = tab2(h->thick, g->ti, g->zi);
-    float endo_ed = (float)p->R_ed * sqrtf(fmaxf(0.f, 1 - zc * zc));
-    float ws_ed = g->z * (float)p->L_ed;
-    float Lepi = (float)(p->L_ed + p->T_apex);
-    float pe = 1 - (ws_ed / Lepi) * (ws_ed / Lepi);
-    float epi_ed = ((float)p->R_ed + T) * sqrtf(fmaxf(0.f, pe));
-    if (epi_ed < endo_ed + 0.5f * T && g->z > -1)
-        epi_ed = endo_ed + 0.5f * T; /* keep the apical cap from pinching */
-    g->endo = endo_ed * k;
-    float area = epi_ed * epi_ed - endo_ed * endo_ed;
-    g->epi = sqrtf(g->endo * g->endo + area * (float)(p->L_ed / ph->L));
-    g->d_endo = fmaxf(g->r - g->endo, -(g->ws + (float)ph->L));
-    g->d_epi = fmaxf(g->r - g->epi, -(g->ws + (float)ph->L_epi));
-}
-
-typedef struct ell_geom {
-    float d;   /* distance-like: negative inside */
-    float rho; /* ellipsoidal radius, <1 inside */
-    float len;
-} ell_geom;
-
-static inline void ell_eval(const float du, const float dv, const float dw, float au, float av, float aw, ell_geom *e)
-{
-    float f = (du / au) * (du / au) + (dv / av) * (dv / av) + (dw / aw) * (dw / aw);
-    e->rho = sqrtf(f);
-    e->len = sqrtf(du * du + dv * dv + dw * dw);
-    e->d = e->rho > 1e-6f ? e->len * (1 - 1 / e->rho) : -fminf(au, fminf(av, aw));
-}
-
-typedef struct rv_shape {
-    float u0, v0, w0, au, av, aw;
-} rv_shape;
-
-/* The RV shortens mostly by its free wall moving towards the septum, so the
- * septal side of the ellipsoid stays put while the centre moves in. */
-static inline void rv_at(const cmr_heart *h, const cmr_heart_phase *ph, rv_shape *s)
-{
-    const cmr_heart_params *p = &h->p;
-    float R = (float)p->R_ed, L = (float)p->L_ed, sc = (float)p->rv_scale;
-    float k = 1.0f - (float)(ph->c_rv * h->rv_a);
-    /* The ellipsoid's centre sits inside the LV, so what shows outside the
-     * septum is a crescent wrapped round it. */
-    float au_ed = (0.5f * R + h->t_sept + 19.0f) * sc;
-    s->au = au_ed * k;
-    s->av = (0.9f * R + 15.0f) * sc * (1.0f - 0.3f * (1.0f - k));
-    s->aw = 0.47f * L * (0.85f + 0.15f * sc) * (1.0f - 0.35f * (1.0f - k));
-    s->u0 = -0.6f * R + au_ed * (1.0f - k);
-    s->v0 = 6.0f;
-    s->w0 = -0.36f * L;
-}
-
-static inline void rv_eval(const cmr_heart *h, const cmr_heart_phase *ph, const rv_shape *s, const double q[3],
-                           float grow, ell_geom *e)
-{
-    float du = (float)q[0] - s->u0, dv = (float)q[1] - s->v0, dw = (float)q[2] - s->w0;
-    float g = 1.0f;
-    if (h->p.rv_bulge > 0) {
-        /* Dyskinetic free-wall segments balloon out in systole. */
-        float phi = fast_atan2f(dv, -du);
-        float dphi = phi - (float)h->p.rv_bulge_theta + 1.2f;
-        float b = fmaxf(0.f, 1 - dphi * dphi / 0.5f);
-        float bz = fmaxf(0.f, 1 - (dw / s->aw) * (dw / s->aw) * 1.6f);
-        g = 1.0f + (float)(ph->c_rv * h->p.rv_bulge) * b * b * bz * 2.2f;
-    }
-    ell_eval(du, dv, dw, (s->au + grow) * g, (s->av + grow), (s->aw + grow), e);
-}
-
-static inline float lv_blood_alpha(const cmr_heart *h, const cmr_heart_phase *ph, const lv_geom *g, float soft)
-{
-    (void)h;
-    (void)ph;
-    float a = alpha_of(g->d_endo, soft);
-    return a * alpha_of(g->ws, soft);
-}
-
-float cmr_heart_lv_blood(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3])
-{
-    lv_geom g;
-    lv_eval(h, ph, q, &g);
-    return lv_blood_alpha(h, ph, &g, 0.3f);
-}
-
-float cmr_heart_rv_blood(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3])
-{
-    rv_shape s;
-    ell_geom e;
-    lv_geom g;
-    rv_at(h, ph, &s);
-    rv_eval(h, ph, &s, q, 0, &e);
-    lv_eval(h, ph, q, &g);
-    float a = alpha_of(e.d, 0.3f);
-    float lv = alpha_of(g.d_epi, 0.3f) * alpha_of(g.ws, 0.3f);
-    return a * (1 - lv);
-}
-
 /* Generous heart-frame bounds of every painted structure, so the renderer
  * can skip the heart for most pixels of a 300 mm field of view. */
 static void compute_bounds(cmr_heart *h)
@@ -558,141 +400,6 @@ static void compute_bounds(cmr_heart *h)
     h->box_hi[2] = fmax(fmax(27 * la * 2.1 + 2, 25 * ra * 2.0 + 2), 70 * 0.895 + 18) + halo;
     h->lv_reach = (float)(1.15 * (R + tmax) + halo);
     h->lv_max_r = (float)(1.15 * (R + tmax));
-}
-
-/* Two papillary muscles, carried by the wall they hang from. */
-static inline float papillary_alpha(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3],
-                                    const lv_geom *g, float soft)
-{
-    if (g->z > -0.18f || g->z < -0.9f)
-        return 0;
-    static const float pth[2] = {0.72f, -1.95f};
-    float taper = sinf((float)M_PI * (g->z + 0.9f) / 0.72f);
-    float best = 0;
-    for (int i = 0; i < 2; i++) {
-        float ti = tab_theta_idx(pth[i]);
-        float k = 1.0f - (float)(ph->c * h->p.a_contract) * tab2(h->motion, ti, g->zi);
-        float endo = (float)h->p.R_ed * sqrtf(fmaxf(0.f, 1 - g->z * g->z)) * k;
-        float rc = 0.74f * endo;
-        float cu = rc * cosf(pth[i]), cv = rc * sinf(pth[i]);
-        float du = (float)q[0] - cu, dv = (float)q[1] - cv;
-        float rad = (0.12f * (float)h->p.R_ed * (1 + 0.4f * (float)ph->c) + 0.06f * (float)h->p.wall_mm) *
-                    sqrtf(fmaxf(0.f, taper));
-        float a = alpha_of(sqrtf(du * du + dv * dv) - rad, soft);
-        best = a > best ? a : best;
-    }
-    return best;
-}
-
-float cmr_heart_paint(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3], float I, const float *tab,
-                      float soft, float scar_gain)
-{
-    const cmr_heart_params *p = &h->p;
-    lv_geom g;
-    float rr0 = (float)(q[0] * q[0] + q[1] * q[1]);
-    int lv_far = rr0 > h->lv_reach * h->lv_reach;
-    if (lv_far) {
-        /* Only the envelope needs a distance here, and a lower bound will do. */
-        g.r = sqrtf(rr0);
-        g.ws = (float)(q[2] - ph->wc);
-        g.th = fast_atan2f((float)q[1], (float)q[0]);
-        g.d_epi = g.r - h->lv_max_r;
-        g.d_endo = g.d_epi;
-    } else {
-        lv_eval(h, ph, q, &g);
-    }
-    rv_shape rs;
-    rv_at(h, ph, &rs);
-    ell_geom rv_in, rv_out;
-    rv_eval(h, ph, &rs, q, 0, &rv_in);
-    rv_eval(h, ph, &rs, q, (float)p->rv_wall, &rv_out);
-
-    /* Atria and aortic root ride on the descending base. */
-    float qu = (float)q[0], qv = (float)q[1], qw = (float)q[2];
-    float la_s = (float)(p->la_scale * ph->la_k), ra_s = (float)(p->ra_scale * ph->ra_k);
-    float R = (float)p->R_ed, wc = (float)ph->wc;
-    ell_geom la, la_o, ra, ra_o;
-    float la_aw = 27 * la_s, ra_aw = 25 * ra_s;
-    float la_u = 0.35f * R * 0.34f, la_v = -0.35f * R * 0.94f - 6 * (la_s - 1);
-    float la_w = wc + la_aw * 0.9f;
-    ell_eval(qu - la_u, qv - la_v, qw - la_w, 22 * la_s, 19 * la_s, la_aw, &la);
-    ell_eval(qu - la_u, qv - la_v, qw - la_w, 22 * la_s + 2, 19 * la_s + 2, la_aw + 2, &la_o);
-    float ra_u = -(R + 18) - 8 * (ra_s - 1), ra_v = -0.25f * R, ra_w = wc + ra_aw * 0.85f;
-    ell_eval(qu - ra_u, qv - ra_v, qw - ra_w, 21 * ra_s, 19 * ra_s, ra_aw, &ra);
-    ell_eval(qu - ra_u, qv - ra_v, qw - ra_w, 21 * ra_s + 2, 19 * ra_s + 2, ra_aw + 2, &ra_o);
-    float atria_cut = alpha_of(-(qw - wc) - 2, soft); /* atria live above the base */
-
-    /* Aortic root: a cylinder leaving the base anteroseptally. */
-    static const float ad[3] = {-0.26f, 0.36f, 0.895f};
-    float a0u = 0.3f * R * -0.5f, a0v = 0.3f * R * 0.866f, a0w = wc - 2;
-    float pu = qu - a0u, pv = qv - a0v, pw = qw - a0w;
-    float along = pu * ad[0] + pv * ad[1] + pw * ad[2];
-    float cu = pu - along * ad[0], cv = pv - along * ad[1], cw = pw - along * ad[2];
-    float ao_r = sqrtf(cu * cu + cv * cv + cw * cw);
-    float ao_rad = 11.5f + 0.12f * (R - 24);
-    float ao_in = along > 0 && along < 70 ? 1.f : 0.f;
-
-    /* Pericardial envelope round both ventricles. */
-    float d_env = fminf(fmaxf(g.d_epi, g.ws - 4), rv_out.d);
-    float th = g.th;
-    float groove = fmaxf(0.f, 1 - (th - 2.05f) * (th - 2.05f) * 6) + fmaxf(0.f, 1 - (th + 2.1f) * (th + 2.1f) * 6) +
-                   alpha_of(-(g.ws + 18), 8.f);
-    float fat = (float)p->fat_mm * (0.5f + 1.2f * groove);
-    float eff = (float)p->effusion_mm;
-
-    if (d_env < eff + fat + 2 + soft) {
-        I = paint(I, alpha_of(d_env - (eff + fat + 1.5f), soft), tab[CMR_T_PERI]);
-        if (eff > 0)
-            I = paint(I, alpha_of(d_env - (eff + fat), soft), tab[CMR_T_FLUID]);
-        I = paint(I, alpha_of(d_env - fat, soft), tab[CMR_T_FAT]);
-    }
-    if (atria_cut > 0) {
-        I = paint(I, alpha_of(la_o.d, soft) * atria_cut, tab[CMR_T_WALL]);
-        I = paint(I, alpha_of(la.d, soft) * atria_cut, tab[CMR_T_BLOOD2]);
-        I = paint(I, alpha_of(ra_o.d, soft) * atria_cut, tab[CMR_T_WALL]);
-        I = paint(I, alpha_of(ra.d, soft) * atria_cut, tab[CMR_T_BLOOD2]);
-    }
-    if (ao_in > 0) {
-        I = paint(I, alpha_of(ao_r - ao_rad - 2, soft), tab[CMR_T_WALL]);
-        I = paint(I, alpha_of(ao_r - ao_rad, soft), tab[CMR_T_BLOOD2]);
-    }
-    float rv_cut = alpha_of(g.ws - 0.1f * (float)p->L_ed, soft);
-    I = paint(I, alpha_of(rv_out.d, soft) * rv_cut, tab[CMR_T_MYO]);
-    I = paint(I, alpha_of(rv_in.d, soft) * rv_cut, tab[CMR_T_BLOOD2]);
-
-    if (lv_far)
-        return I;
-    float base = alpha_of(g.ws, soft);
-    float a_myo = alpha_of(g.d_epi, soft) * base;
-    if (a_myo > 0) {
-        float myo = tab[CMR_T_MYO];
-        float wall = g.epi - g.endo;
-        float depth = wall > 0.1f ? (g.r - g.endo) / wall : 0;
-        if (scar_gain > 0) {
-            float s = scar_lookup(h, g.ti, g.zi, depth);
-            myo += scar_gain * s * (tab[CMR_T_SCAR] - myo);
-        }
-        if (p->nc_ratio > 0) {
-            float fnc = tab2(h->nc, g.ti, g.zi);
-            if (fnc > 0.02f && depth < fnc) {
-                /* Trabeculae as radial spokes, thinning towards the cavity. */
-                float x = depth / fnc;
-                int zj = (int)g.zi;
-                float ph0 = h->trab_phase[zj];
-                float s = sinf(13.0f * g.th + 2.2f * sinf(4.0f * g.th + ph0) + ph0 + 1.5f * x) *
-                          (0.75f + 0.25f * sinf(7.0f * g.th - 2.0f * ph0));
-                float thr = 0.55f - 1.3f * x * x;
-                float m = clampf((s - thr) * 2.5f + 0.5f, 0.f, 1.f);
-                myo = myo * m + tab[CMR_T_BLOOD] * (1 - m);
-            }
-        }
-        I = paint(I, a_myo, myo);
-    }
-    I = paint(I, lv_blood_alpha(h, ph, &g, soft), tab[CMR_T_BLOOD]);
-    float pap = papillary_alpha(h, ph, q, &g, soft);
-    if (pap > 0)
-        I = paint(I, pap, tab[CMR_T_MYO]);
-    return I;
 }
 
 /* ---- build: solve contraction, measure volumes ---- */

@@ -127,6 +127,10 @@ void cmr_heart_phase_at(const cmr_heart *h, double t, cmr_heart_phase *ph);
 float cmr_heart_paint(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3], float bg,
                       const float *tab, float soft, float scar_gain);
 
+/* A lower bound on the distance from q to anything cmr_heart_paint would
+ * change (with that edge width): beyond it the background is untouched. */
+float cmr_heart_clear(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3], float soft);
+
 /* Fraction of LV blood at q (for volume measurement). */
 float cmr_heart_lv_blood(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3]);
 float cmr_heart_rv_blood(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3]);

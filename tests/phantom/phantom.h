@@ -10,7 +10,7 @@
 #include "phantom_rng.h"
 #include "render.h"
 
-#define CMR_PHANTOM_VERSION "1"
+#define CMR_PHANTOM_VERSION "2"
 #define CMR_UID_LEN 65
 
 enum cmr_vendor { CMR_V_SIEMENS, CMR_V_GE, CMR_V_PHILIPS, CMR_V_COUNT };
@@ -53,8 +53,10 @@ typedef struct cmr_phantom_opts {
     uint64_t seed;
     int threads;
     double label_noise, duplicate, missing_view, corrupt, no_impression, contradiction;
-    double multiframe, compress_scale, text_reports, sr_reports, extra_series;
+    double multiframe, compress_scale, text_reports, sr_reports, extra_series, flow;
     int dx_only;   /* -1 all, else only that diagnosis (for contact sheets) */
+    unsigned dx_exclude; /* bit d: no study of diagnosis d (held-out diagnoses) */
+    unsigned site_mask;  /* bit s: site s may be drawn (0: all) */
     int fast;      /* smaller matrices and fewer phases, for quick tests */
 } cmr_phantom_opts;
 
@@ -63,6 +65,7 @@ typedef struct cmr_series_info {
     char kind[16];   /* truth name: cine_sax, cine_4ch, lge_sax, ... */
     char desc[64];
     int number, nfiles, nframes;
+    int enhanced;    /* one Enhanced MR multi-frame object */
 } cmr_series_info;
 
 #define CMR_MAX_SERIES 48
@@ -86,7 +89,7 @@ typedef struct cmr_study {
     int cols, rows, nslices, nphases;
     double ps, thick, gap, ti_ms;
     int psir, multiframe, ts;
-    int has_loc, has_stir, has_lax, has_lge;
+    int has_loc, has_stir, has_lax, has_lge, has_flow;
     int arrhythmia, motion_artefact;
     int report_kind;
     unsigned problems;

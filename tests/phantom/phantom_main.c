@@ -20,6 +20,8 @@ static void usage(FILE *f)
           "  --dx KEY              only this diagnosis (normal hcm amyloidosis dcm icm myocarditis\n"
           "                        sarcoidosis lvnc fabry arvc)\n"
           "  --fast                20 phases everywhere (quick test archives)\n"
+          "  --sites A,B           only these sites (northgate riverside stmary lakeside hillcrest)\n"
+          "  --exclude-dx A,B      no study of these diagnoses (a held-out diagnosis)\n"
           "  --plan-only           write truth.json for the planned studies, no images\n"
           "planted problems (rates in [0,1], default 0):\n"
           "  --problems R          set every rate below to R\n"
@@ -33,7 +35,10 @@ static void usage(FILE *f)
           "  --text-reports R      plain-text reports (default 0.15)\n"
           "  --sr-reports R        DICOM Basic Text SR reports (default 0.10)\n"
           "  --extra-series R      T2 STIR series (default 0.3)\n"
-          "  --compress R          scales each site's compressed share (default 1)\n",
+          "  --compress R          scales each site's compressed share (default 1)\n"
+          "  --multiframe R        scales the Philips sites' Enhanced MR share (default 1: 35% of\n"
+          "                        their studies; 2.86 makes it all of them)\n"
+          "  --flow R              studies with an aortic phase-contrast flow series (default 0.3)\n",
           f);
 }
 
@@ -58,6 +63,8 @@ int main(int argc, char **argv)
     o.sr_reports = 0.10;
     o.extra_series = 0.3;
     o.compress_scale = 1.0;
+    o.multiframe = 1.0;
+    o.flow = 0.3;
     o.dx_only = -1;
     int have_seed = 0, plan_only = 0;
     for (int i = 1; i < argc; i++) {
@@ -93,7 +100,33 @@ int main(int argc, char **argv)
             have_seed = 1;
         } else if (!strcmp(a, "--threads"))
             o.threads = atoi(v);
-        else if (!strcmp(a, "--dx")) {
+        else if (!strcmp(a, "--sites") || !strcmp(a, "--exclude-dx")) {
+            /* Comma-separated keys: the sites that may appear, or the
+             * diagnoses that may not (a held-out site or diagnosis). */
+            int sites = !strcmp(a, "--sites");
+            unsigned mask = 0;
+            char buf[512];
+            snprintf(buf, sizeof buf, "%s", v);
+            for (char *save = NULL, *k = strtok_r(buf, ",", &save); k; k = strtok_r(NULL, ",", &save)) {
+                int found = -1;
+                for (int j = 0; j < (sites ? CMR_NSITES : CMR_DX_COUNT); j++)
+                    if (!strcmp(k, sites ? cmr_sites[j].key : cmr_dx_key[j]))
+                        found = j;
+                if (found < 0) {
+                    fprintf(stderr, "cmr-phantom: %s: unknown %s '%s'\n", a, sites ? "site" : "diagnosis", k);
+                    return 1;
+                }
+                mask |= 1u << found;
+            }
+            if (sites)
+                o.site_mask = mask;
+            else
+                o.dx_exclude = mask;
+            if ((!sites && mask == (1u << CMR_DX_COUNT) - 1) || (sites && !mask)) {
+                fprintf(stderr, "cmr-phantom: %s leaves nothing to generate\n", a);
+                return 1;
+            }
+        } else if (!strcmp(a, "--dx")) {
             for (int d = 0; d < CMR_DX_COUNT; d++)
                 if (!strcmp(v, cmr_dx_key[d]))
                     o.dx_only = d;
@@ -126,6 +159,10 @@ int main(int argc, char **argv)
             rate = &o.extra_series;
         else if (!strcmp(a, "--compress"))
             rate = &o.compress_scale;
+        else if (!strcmp(a, "--multiframe"))
+            rate = &o.multiframe;
+        else if (!strcmp(a, "--flow"))
+            rate = &o.flow;
         else {
             fprintf(stderr, "cmr-phantom: unknown option %s\n", a);
             usage(stderr);

@@ -44,6 +44,8 @@ int cmr_rng_weighted(cmr_rng *r, const double *w, int n);
 /* A standard normal deviate from a 12-bit inverse-CDF table: noise for
  * millions of pixels, where Box-Muller would dominate the run time. */
 float cmr_rng_fast_normal(cmr_rng *r);
+/* Two independent deviates scaled by sigma from one draw. */
+void cmr_rng_fast_normal2(cmr_rng *r, float sigma, float *a, float *b);
 void cmr_rng_init_tables(void);
 
 #endif

@@ -29,6 +29,7 @@ static const float heart_tab[CMR_C_COUNT][CMR_T_COUNT_HEART] = {
     [CMR_C_PSIR] = {0.35f, 0.33f, 0.00f, 1.00f, 0.45f, -0.45f, 0.30f, 0.10f},
     [CMR_C_STIR] = {0.03f, 0.03f, 0.26f, 0.62f, 0.06f, 0.90f, 0.10f, 0.15f},
     [CMR_C_LOC] = {0.85f, 0.80f, 0.25f, 0.25f, 0.75f, 0.90f, 0.10f, 0.30f},
+    [CMR_C_PC] = {0.90f, 0.95f, 0.28f, 0.28f, 0.70f, 0.55f, 0.05f, 0.30f},
 };
 static const float body_tab[CMR_C_COUNT][B_COUNT] = {
     /*           air  subfat muscle lung  liver spleen gas  marrow csf  aorta mediast */
@@ -37,6 +38,7 @@ static const float body_tab[CMR_C_COUNT][B_COUNT] = {
     [CMR_C_PSIR] = {0.0f, 0.45f, -0.25f, -0.10f, 0.05f, 0.12f, 0.0f, 0.20f, -0.8f, 0.35f, 0.38f},
     [CMR_C_STIR] = {0.0f, 0.05f, 0.18f, 0.04f, 0.22f, 0.45f, 0.0f, 0.18f, 0.90f, 0.04f, 0.07f},
     [CMR_C_LOC] = {0.0f, 0.70f, 0.22f, 0.05f, 0.30f, 0.35f, 0.02f, 0.45f, 0.85f, 0.85f, 0.60f},
+    [CMR_C_PC] = {0.0f, 0.65f, 0.24f, 0.04f, 0.30f, 0.35f, 0.02f, 0.45f, 0.50f, 0.95f, 0.45f},
 };
 
 static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
@@ -121,6 +123,82 @@ static float coil_bias(const cmr_body *b, const double p[3], double amp)
     return (float)(1 - amp + amp * 1.6 * (fa + fp));
 }
 
+/* Heart-frame coordinates of pixel (j, i) (fractional allowed) moved off
+ * along the plane normal. */
+static inline void heart_q(const cmr_heart_params *hp, const double ho[3], const double ipp[3], const cmr_plane *pl,
+                           const double nrm[3], double j, double i, double off, double q[3])
+{
+    double p[3];
+    for (int k = 0; k < 3; k++)
+        p[k] = ipp[k] + j * pl->ps * pl->col[k] + i * pl->ps * pl->row[k] + off * nrm[k] - ho[k];
+    for (int a = 0; a < 3; a++)
+        q[a] = hp->axis[a][0] * p[0] + hp->axis[a][1] * p[1] + hp->axis[a][2] * p[2];
+}
+
+/* The run [i0, i1) of pixels whose q0 + i dq lies strictly inside the box. */
+static void box_run(const cmr_heart *h, const double q0[3], const double dq[3], int n, int *i0, int *i1)
+{
+    double lo = 0, hi = n;
+    for (int a = 0; a < 3; a++) {
+        if (fabs(dq[a]) < 1e-12) {
+            if (!(q0[a] > h->box_lo[a] && q0[a] < h->box_hi[a]))
+                lo = hi = 0;
+            continue;
+        }
+        double t0 = (h->box_lo[a] - q0[a]) / dq[a], t1 = (h->box_hi[a] - q0[a]) / dq[a];
+        if (t0 > t1) {
+            double t = t0;
+            t0 = t1, t1 = t;
+        }
+        lo = fmax(lo, t0);
+        hi = fmin(hi, t1);
+    }
+    /* One pixel of slack each way; the box is generous anyway. */
+    *i0 = hi <= lo ? 0 : (int)fmax(0, floor(lo) - 1);
+    *i1 = hi <= lo ? 0 : (int)fmin(n, ceil(hi) + 1);
+}
+
+enum { TILE = 8 };
+
+/* Marks the TILE x TILE tiles of a (rows x cols) grid of spacing `step`
+ * pixels, off the plane by `off` mm, that the heart cannot touch. */
+static void clear_tiles(const cmr_heart *h, const cmr_heart_phase *ph, const double ho[3], const double ipp[3],
+                        const cmr_plane *pl, const double nrm[3], int rows, int cols, double step, double off,
+                        float soft, unsigned char *skip)
+{
+    int ntx = (cols + TILE - 1) / TILE, nty = (rows + TILE - 1) / TILE;
+    /* Half-diagonal of a tile from its centre, plus a millimetre for rounding. */
+    float radius = (float)((TILE - 1) * 0.5 * M_SQRT2 * step * pl->ps + 1.0);
+    for (int ty = 0; ty < nty; ty++)
+        for (int tx = 0; tx < ntx; tx++) {
+            double q[3];
+            heart_q(&h->p, ho, ipp, pl, nrm, step * (ty * TILE + 0.5 * (TILE - 1)),
+                    step * (tx * TILE + 0.5 * (TILE - 1)), off, q);
+            skip[ty * ntx + tx] = cmr_heart_clear(h, ph, q, soft) > radius;
+        }
+}
+
+static int plane_eq(const cmr_plane *a, const cmr_plane *b)
+{
+    for (int k = 0; k < 3; k++)
+        if (a->centre[k] != b->centre[k] || a->row[k] != b->row[k] || a->col[k] != b->col[k])
+            return 0;
+    return a->ps == b->ps && a->rows == b->rows && a->cols == b->cols;
+}
+
+void cmr_render_cache_free(cmr_render_cache *c)
+{
+    if (!c)
+        return;
+    free(c->bg);
+    memset(c, 0, sizeof *c);
+}
+
+static inline float lerp2(const float *g, size_t r0, size_t r1, int gi, float wi, float wj)
+{
+    return (g[r0 + gi] * (1 - wi) + g[r0 + gi + 1] * wi) * (1 - wj) + (g[r1 + gi] * (1 - wi) + g[r1 + gi + 1] * wi) * wj;
+}
+
 int cmr_render(const cmr_scene *sc, const cmr_plane *pl, const cmr_render_opts *o, cmr_rng *r, uint16_t *out,
                float *buf)
 {
@@ -150,7 +228,6 @@ int cmr_render(const cmr_scene *sc, const cmr_plane *pl, const cmr_render_opts *
     cmr_plane_ipp(pl, ipp);
     cmr_plane_normal(pl, nrm);
     float soft = (float)pl->ps;
-    int ns = o->supersample > 1 ? 2 : 1;
     double ho[3];
     for (int i = 0; i < 3; i++)
         ho[i] = hp->origin[i] + o->shift[i];
@@ -159,46 +236,106 @@ int cmr_render(const cmr_scene *sc, const cmr_plane *pl, const cmr_render_opts *
      * is evaluated on a grid of every other pixel and interpolated; the
      * heart, where detail matters, is evaluated at every pixel. */
     int bw = pl->cols / 2 + 2, bh = pl->rows / 2 + 2;
-    float *bg = malloc(sizeof(float) * (size_t)bw * (size_t)bh);
-    if (!bg)
+    int thick = o->supersample > 1 && pl->thick > 0;
+    size_t gn = (size_t)bw * (size_t)bh;
+    float *bg = malloc(sizeof(float) * gn * (thick ? 3 : 1));
+    /* Tile flags for the full-resolution grid, which has the most tiles. */
+    unsigned char *skip = malloc((size_t)((pl->rows + TILE - 1) / TILE) * (size_t)((pl->cols + TILE - 1) / TILE) + 1);
+    if (!bg || !skip) {
+        free(bg);
+        free(skip);
         return cmr_fail(CMR_ENOMEM, "render: out of memory");
-    for (int gj = 0; gj < bh; gj++)
-        for (int gi = 0; gi < bw; gi++) {
-            double p[3];
-            for (int k = 0; k < 3; k++)
-                p[k] = ipp[k] + 2.0 * gi * pl->ps * pl->row[k] + 2.0 * gj * pl->ps * pl->col[k];
-            bg[(size_t)gj * bw + gi] = body_value(sc->body, btab, p, 2 * soft);
-        }
-    memset(buf, 0, sizeof(float) * (size_t)pl->rows * (size_t)pl->cols);
-    for (int s = 0; s < ns; s++) {
-        double off = ns == 1 ? 0 : (s == 0 ? -0.25 : 0.25) * pl->thick;
-        for (int j = 0; j < pl->rows; j++) {
-            double p[3], q[3], dq[3];
-            for (int k = 0; k < 3; k++)
-                p[k] = ipp[k] + j * pl->ps * pl->col[k] + off * nrm[k];
-            for (int a = 0; a < 3; a++) {
-                q[a] = 0, dq[a] = 0;
-                for (int k = 0; k < 3; k++) {
-                    q[a] += hp->axis[a][k] * (p[k] - ho[k]);
-                    dq[a] += hp->axis[a][k] * pl->row[k] * pl->ps;
-                }
-            }
-            float *row = buf + (size_t)j * pl->cols;
-            const float *b0 = bg + (size_t)(j / 2) * bw, *b1 = b0 + bw;
-            float wj = (j & 1) ? 0.5f : 0.f;
-            for (int i = 0; i < pl->cols; i++) {
-                int gi = i / 2;
-                float wi = (i & 1) ? 0.5f : 0.f;
-                float I = (b0[gi] * (1 - wi) + b0[gi + 1] * wi) * (1 - wj) + (b1[gi] * (1 - wi) + b1[gi + 1] * wi) * wj;
-                if (cmr_heart_inside_box(h, q))
-                    I = cmr_heart_paint(h, &ph, q, I, htab, soft, scar_gain);
-                row[i] += I / ns;
+    }
+    cmr_render_cache *cache = sc->cache;
+    if (cache && cache->valid && cache->contrast == o->contrast && plane_eq(&cache->pl, pl)) {
+        memcpy(bg, cache->bg, sizeof(float) * gn);
+    } else {
+        for (int gj = 0; gj < bh; gj++)
+            for (int gi = 0; gi < bw; gi++) {
+                double p[3];
                 for (int k = 0; k < 3; k++)
-                    q[k] += dq[k];
+                    p[k] = ipp[k] + 2.0 * gi * pl->ps * pl->row[k] + 2.0 * gj * pl->ps * pl->col[k];
+                bg[(size_t)gj * bw + gi] = body_value(sc->body, btab, p, 2 * soft);
+            }
+        if (cache) {
+            cache->valid = 0;
+            if (cache->cap < gn) {
+                float *nb = realloc(cache->bg, sizeof(float) * gn);
+                if (nb)
+                    cache->bg = nb, cache->cap = gn;
+            }
+            if (cache->cap >= gn) {
+                memcpy(cache->bg, bg, sizeof(float) * gn);
+                cache->pl = *pl;
+                cache->contrast = o->contrast;
+                cache->valid = 1;
             }
         }
     }
+    /* Slice profile: a thick slice sees the heart through its thickness,
+     * which blurs the apex, the base and every surface oblique to the plane.
+     * Samples at +-thick/3 (weight 1/4 each, the centre 1/2: a smooth
+     * profile) are evaluated on the half-resolution grid with a doubled edge
+     * width and interpolated: the off-centre planes only contribute blur, so
+     * they need not be sharp, and this costs half a full-resolution pass. */
+    float w_centre = 1.f;
+    float *side[2] = {NULL, NULL};
+    if (thick) {
+        w_centre = 0.5f;
+        for (int s = 0; s < 2; s++) {
+            double off = (s == 0 ? -1.0 : 1.0) * pl->thick / 3.0;
+            side[s] = bg + gn * (size_t)(1 + s);
+            memcpy(side[s], bg, sizeof(float) * gn);
+            clear_tiles(h, &ph, ho, ipp, pl, nrm, bh, bw, 2.0, off, 2 * soft, skip);
+            for (int gj = 0; gj < bh; gj++) {
+                double q[3], q1[3], dq[3];
+                heart_q(hp, ho, ipp, pl, nrm, 2.0 * gj, 0, off, q);
+                heart_q(hp, ho, ipp, pl, nrm, 2.0 * gj, 2.0, off, q1);
+                for (int a = 0; a < 3; a++)
+                    dq[a] = q1[a] - q[a];
+                int i0, i1;
+                box_run(h, q, dq, bw, &i0, &i1);
+                const unsigned char *sk = skip + (size_t)(gj / TILE) * ((bw + TILE - 1) / TILE);
+                for (int gi = i0; gi < i1; gi++) {
+                    if (sk[gi / TILE])
+                        continue;
+                    double qi[3] = {q[0] + gi * dq[0], q[1] + gi * dq[1], q[2] + gi * dq[2]};
+                    float *v = &side[s][(size_t)gj * bw + gi];
+                    *v = cmr_heart_paint(h, &ph, qi, *v, htab, 2 * soft, scar_gain);
+                }
+            }
+        }
+    }
+    clear_tiles(h, &ph, ho, ipp, pl, nrm, pl->rows, pl->cols, 1.0, 0.0, soft, skip);
+    int ntx = (pl->cols + TILE - 1) / TILE;
+    for (int j = 0; j < pl->rows; j++) {
+        double q[3], dq[3], q1[3];
+        heart_q(hp, ho, ipp, pl, nrm, j, 0, 0, q);
+        heart_q(hp, ho, ipp, pl, nrm, j, 1, 0, q1);
+        for (int a = 0; a < 3; a++)
+            dq[a] = q1[a] - q[a];
+        /* q is linear in i: the pixels whose q lies in the heart's box form
+         * one run, found once per row instead of tested at every pixel. */
+        int i0, i1;
+        box_run(h, q, dq, pl->cols, &i0, &i1);
+        float *row = buf + (size_t)j * pl->cols;
+        size_t r0 = (size_t)(j / 2) * bw, r1 = r0 + bw;
+        float wj = (j & 1) ? 0.5f : 0.f;
+        for (int i = 0; i < pl->cols; i++) {
+            int gi = i / 2;
+            float wi = (i & 1) ? 0.5f : 0.f;
+            float I = lerp2(bg, r0, r1, gi, wi, wj);
+            if (i >= i0 && i < i1 && !skip[(j / TILE) * ntx + i / TILE]) {
+                double qi[3] = {q[0] + i * dq[0], q[1] + i * dq[1], q[2] + i * dq[2]};
+                I = cmr_heart_paint(h, &ph, qi, I, htab, soft, scar_gain);
+            }
+            if (thick)
+                I = w_centre * I + 0.25f * (lerp2(side[0], r0, r1, gi, wi, wj) + lerp2(side[1], r0, r1, gi, wi, wj));
+            row[i] = I;
+        }
+    }
     free(bg);
+    free(skip);
 
     /* Coil bias on a coarse grid, interpolated: it varies over centimetres. */
     enum { G = 9 };
@@ -224,9 +361,12 @@ int cmr_render(const cmr_scene *sc, const cmr_plane *pl, const cmr_render_opts *
         return cmr_fail(CMR_ENOMEM, "render: out of memory");
     float *n1 = nz, *n2 = nz + npx;
     float ns_sigma = sigma / 0.375f;
-    for (size_t k = 0; k < npx; k++) {
-        n1[k] = ns_sigma * cmr_rng_fast_normal(r);
-        n2[k] = signed_img ? 0 : ns_sigma * cmr_rng_fast_normal(r);
+    if (signed_img) {
+        for (size_t k = 0; k < npx; k++)
+            n1[k] = ns_sigma * cmr_rng_fast_normal(r), n2[k] = 0;
+    } else {
+        for (size_t k = 0; k < npx; k++)
+            cmr_rng_fast_normal2(r, ns_sigma, &n1[k], &n2[k]);
     }
     for (int c = 0; c < 2; c++) {
         float *f = nz + (size_t)c * npx;

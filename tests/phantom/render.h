@@ -4,6 +4,7 @@
 #ifndef CMR_PHANTOM_RENDER_H
 #define CMR_PHANTOM_RENDER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "heart.h"
@@ -36,6 +37,7 @@ enum cmr_contrast {
     CMR_C_PSIR,  /* phase-sensitive IR, signed around an offset */
     CMR_C_STIR,  /* T2 dark-blood STIR */
     CMR_C_LOC,   /* localizer SSFP */
+    CMR_C_PC,    /* phase-contrast magnitude: spoiled gradient echo, inflow-bright blood */
     CMR_C_COUNT
 };
 
@@ -50,12 +52,25 @@ typedef struct cmr_render_opts {
     double bias_amp;     /* coil sensitivity variation, 0..1 */
     double ghost;        /* motion ghost amplitude, 0 for none */
     int ghost_rows;      /* ghost displacement along the phase-encode (column) direction */
-    int supersample;     /* through-plane samples (1 or 2) */
+    int supersample;     /* 1: the centre plane only; >1: slice profile through the thickness */
 } cmr_render_opts;
+
+/* The body background of the last plane rendered, reused while the plane
+ * and contrast stay the same: every phase of a cine slice shares it (the
+ * breath-hold shift moves the heart, not the body). */
+typedef struct cmr_render_cache {
+    cmr_plane pl;
+    int contrast, valid;
+    float *bg;
+    size_t cap;
+} cmr_render_cache;
+
+void cmr_render_cache_free(cmr_render_cache *c);
 
 typedef struct cmr_scene {
     const cmr_heart *heart;
     const cmr_body *body;
+    cmr_render_cache *cache; /* optional */
 } cmr_scene;
 
 /* Renders one image into out (rows*cols), using scratch of the same count

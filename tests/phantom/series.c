@@ -8,14 +8,11 @@
 #include "cmr_error.h"
 #include "dicom_writer.h"
 #include "render.h"
+#include "series_int.h"
 
-#define MR_STORAGE "1.2.840.10008.5.1.4.1.1.4"
-#define ENH_MR_STORAGE "1.2.840.10008.5.1.4.1.1.4.1"
-#define BASIC_TEXT_SR "1.2.840.10008.5.1.4.1.1.88.11"
+const char *const kind_key[K_COUNT] = {"localizer", "cine_sax", "cine_4ch", "cine_2ch", "cine_3ch", "t2_stir",
+                                       "lge_sax",   "lge_4ch",  "lge_2ch",  "sr_report", "flow"};
 
-enum kind { K_LOC, K_CINE_SAX, K_CINE_4CH, K_CINE_2CH, K_CINE_3CH, K_STIR, K_LGE_SAX, K_LGE_4CH, K_LGE_2CH, K_SR, K_COUNT };
-static const char *const kind_key[K_COUNT] = {"localizer", "cine_sax", "cine_4ch", "cine_2ch", "cine_3ch",
-                                              "t2_stir",   "lge_sax",  "lge_4ch",  "lge_2ch", "sr_report"};
 
 /* Series descriptions in each vendor's idiom; several per slot. */
 static const char *const desc_tab[K_COUNT][CMR_V_COUNT][3] = {
@@ -29,39 +26,12 @@ static const char *const desc_tab[K_COUNT][CMR_V_COUNT][3] = {
     [K_LGE_4CH] = {{"tfl_psir_4ch", "de_tfl_4ch_mag", "LGE_4CH_PSIR"}, {"MDE 4CH", "Delayed Enhancement 4CH", "2D MDE 4CH"}, {"LGE_PSIR_4CH", "IR_TFE_4CH", "LGE_4CH"}},
     [K_LGE_2CH] = {{"tfl_psir_2ch", "de_tfl_2ch_mag", "LGE_2CH_PSIR"}, {"MDE 2CH", "Delayed Enhancement 2CH", "2D MDE 2CH"}, {"LGE_PSIR_2CH", "IR_TFE_2CH", "LGE_2CH"}},
     [K_SR] = {{"Report", "CMR Report", "SR"}, {"Report", "Cardiac MR report", "SR"}, {"Report", "Radiology report", "SR"}},
+    [K_FLOW] = {{"flow_ao_tp", "fl2d_flow_AAo", "Flow_AAo_tp"}, {"FLOW AO", "2D PC FLOW AAO", "Ao Flow"}, {"Q-flow AO", "QFLOW_AAo", "PCA_Flow_AscAo"}},
 };
 
-static const char *const manufacturer[CMR_V_COUNT] = {"SIEMENS", "GE MEDICAL SYSTEMS", "Philips Medical Systems"};
+const char *const manufacturer[CMR_V_COUNT] = {"SIEMENS", "GE MEDICAL SYSTEMS", "Philips Medical Systems"};
 
-typedef struct img_spec {
-    cmr_plane pl;
-    double t, trigger_ms;
-    double shift[3];
-    double ghost;
-    int slice, phase;
-} img_spec;
-
-struct cmr_series_ctx {
-    const cmr_phantom_opts *o;
-    cmr_study *s;
-    const cmr_heart *h;
-    cmr_body body;
-    cmr_scene scene;
-    cmr_rng rr, ur;
-    uint16_t *px;
-    float *scratch;
-    size_t px_cap;
-    int series_no, file_no, desc_pick;
-    int minutes;
-    double scale, noise, bias;
-    double inplane[2];
-    double slice_shift[16][3];
-    int arr_slice[2];
-    char victims[64][600];
-    int nvictims;
-};
-
-static void lps_of(const cmr_heart *h, double a, double b, double c, double out[3])
+void series_lps_of(const cmr_heart *h, double a, double b, double c, double out[3])
 {
     for (int i = 0; i < 3; i++)
         out[i] = a * h->p.axis[0][i] + b * h->p.axis[1][i] + c * h->p.axis[2][i];
@@ -79,6 +49,7 @@ int cmr_series_ctx_new(const cmr_phantom_opts *o, cmr_study *s, const cmr_heart 
     cmr_body_draw(&cx->rr, s->body_scale, &h->p, &cx->body);
     cx->scene.heart = h;
     cx->scene.body = &cx->body;
+    cx->scene.cache = &cx->cache;
     cx->desc_pick = cmr_rng_int(&cx->rr, 0, 2);
     int v = s->vendor;
     /* Stored scales and noise as scanners write them: a few units of noise. */
@@ -106,12 +77,14 @@ void cmr_series_ctx_free(cmr_series_ctx *cx)
 {
     if (!cx)
         return;
+    free(cx->flow_mag);
+    cmr_render_cache_free(&cx->cache);
     free(cx->px);
     free(cx->scratch);
     free(cx);
 }
 
-static int ensure_buf(cmr_series_ctx *cx, size_t n)
+int series_ensure_buf(cmr_series_ctx *cx, size_t n)
 {
     if (n <= cx->px_cap)
         return 0;
@@ -123,22 +96,15 @@ static int ensure_buf(cmr_series_ctx *cx, size_t n)
     return cx->px_cap ? 0 : cmr_fail(CMR_ENOMEM, "out of memory for %zu pixels", n);
 }
 
-typedef struct series_def {
-    int kind, contrast, cine;
-    const char *desc;
-    int number;
-    char uid[CMR_UID_LEN];
-    double tr, te, ti, flip;
-} series_def;
 
-static void fmt_vec(char *buf, size_t n, const double *v, int k)
+void series_fmt_vec(char *buf, size_t n, const double *v, int k)
 {
     size_t len = 0;
     for (int i = 0; i < k && len < n; i++)
         len += (size_t)snprintf(buf + len, n - len, "%s%.6f", i ? "\\" : "", fabs(v[i]) < 5e-7 ? 0.0 : v[i]);
 }
 
-static void fmt_time(char out[16], const char *study_time, int add_min, double add_s)
+void series_fmt_time(char out[16], const char *study_time, int add_min, double add_s)
 {
     int hh = (study_time[0] - '0') * 10 + (study_time[1] - '0');
     int mm = (study_time[2] - '0') * 10 + (study_time[3] - '0');
@@ -148,27 +114,16 @@ static void fmt_time(char out[16], const char *study_time, int add_min, double a
     snprintf(out, 16, "%02d%02d%02d.%03d", it / 3600, (it / 60) % 60, it % 60, (int)((t - floor(t)) * 1000));
 }
 
-#define P(tag, val)                                                                                                    \
-    do {                                                                                                               \
-        if ((rc = cmr_dcm_put(d, tag, val)))                                                                           \
-            goto fail;                                                                                                 \
-    } while (0)
-#define PF(tag, ...)                                                                                                   \
-    do {                                                                                                               \
-        if ((rc = cmr_dcm_putf(d, tag, __VA_ARGS__)))                                                                  \
-            goto fail;                                                                                                 \
-    } while (0)
-#define T(g, e) CMR_TAG(0x##g, 0x##e)
 
 /* Patient, study, series and equipment attributes shared by every object. */
-static int put_common(cmr_series_ctx *cx, cmr_dcm *d, const series_def *sd, const char *modality, const char *sop_class,
+int series_put_common(cmr_series_ctx *cx, cmr_dcm *d, const series_def *sd, const char *modality, const char *sop_class,
                       const char *sop_uid, int instance)
 {
     int rc = 0;
     const cmr_study *s = cx->s;
     const cmr_site *site = &cmr_sites[s->site];
     char tm[16];
-    fmt_time(tm, s->study_time, cx->minutes, 0);
+    series_fmt_time(tm, s->study_time, cx->minutes, 0);
     P(T(0008, 0005), "ISO_IR 100");
     P(T(0008, 0016), sop_class);
     P(T(0008, 0018), sop_uid);
@@ -206,17 +161,19 @@ fail:
     return rc;
 }
 
-static int put_image(cmr_series_ctx *cx, cmr_dcm *d, const series_def *sd, const img_spec *im)
+int series_put_image(cmr_series_ctx *cx, cmr_dcm *d, const series_def *sd, const img_spec *im)
 {
     int rc = 0;
     const cmr_study *s = cx->s;
     char buf[256], tm[16];
     int v = s->vendor;
     int lge = sd->contrast == CMR_C_LGE || sd->contrast == CMR_C_PSIR;
-    fmt_time(tm, s->study_time, cx->minutes, im->trigger_ms / 1000.0 + im->slice * 12);
+    series_fmt_time(tm, s->study_time, cx->minutes, im->trigger_ms / 1000.0 + im->slice * 12);
     P(T(0008, 0022), s->study_date);
     P(T(0008, 0032), tm);
-    if (v == CMR_V_SIEMENS)
+    if (im->flow)
+        P(T(0008, 0008), series_flow_image_type(v, im->flow));
+    else if (v == CMR_V_SIEMENS)
         P(T(0008, 0008), sd->contrast == CMR_C_PSIR ? "DERIVED\\PRIMARY\\M\\NORM\\DIS2D\\PSIR" : "ORIGINAL\\PRIMARY\\M\\NORM\\DIS2D");
     else if (v == CMR_V_GE)
         P(T(0008, 0008), "ORIGINAL\\PRIMARY\\OTHER");
@@ -232,7 +189,9 @@ static int put_image(cmr_series_ctx *cx, cmr_dcm *d, const series_def *sd, const
     else
         P(T(0018, 0022), !gated ? "" : v == CMR_V_PHILIPS && !sd->cine ? "PFF\\CG" : "CG");
     P(T(0018, 0023), "2D");
-    if (v == CMR_V_SIEMENS)
+    if (im->flow && v == CMR_V_SIEMENS)
+        PF(T(0018, 0024), "*fl2d1_v%.0fin", cx->venc); /* Siemens puts venc and direction in the name */
+    else if (v == CMR_V_SIEMENS)
         P(T(0018, 0024), sd->contrast == CMR_C_CINE ? "*tfi2d1_12" : lge ? "*tfl2d1r" : sd->contrast == CMR_C_STIR ? "*tse2d1_19" : "*tfi2d1");
     PF(T(0018, 0050), "%g", im->pl.thick);
     PF(T(0018, 0080), "%.2f", sd->tr);
@@ -266,10 +225,10 @@ static int put_image(cmr_series_ctx *cx, cmr_dcm *d, const series_def *sd, const
     double ipp[3], nrm[3];
     cmr_plane_ipp(&im->pl, ipp);
     cmr_plane_normal(&im->pl, nrm);
-    fmt_vec(buf, sizeof buf, ipp, 3);
+    series_fmt_vec(buf, sizeof buf, ipp, 3);
     P(T(0020, 0032), buf);
     double iop[6] = {im->pl.row[0], im->pl.row[1], im->pl.row[2], im->pl.col[0], im->pl.col[1], im->pl.col[2]};
-    fmt_vec(buf, sizeof buf, iop, 6);
+    series_fmt_vec(buf, sizeof buf, iop, 6);
     P(T(0020, 0037), buf);
     P(T(0020, 0052), s->for_uid);
     P(T(0020, 1040), "");
@@ -286,13 +245,17 @@ static int put_image(cmr_series_ctx *cx, cmr_dcm *d, const series_def *sd, const
     double wc = cx->scale * (lge ? 0.35 : 0.5), ww = cx->scale * (lge ? 0.8 : 1.1);
     if (sd->contrast == CMR_C_PSIR)
         wc = cx->scale * 1.2, ww = cx->scale * 1.6;
+    if (im->flow == FLOW_PHASE)
+        wc = 2048, ww = 4096;
     PF(T(0028, 1050), "%.0f", wc);
     PF(T(0028, 1051), "%.0f", ww);
+    if (im->flow)
+        rc = series_put_flow_private(cx, d);
 fail:
     return rc;
 }
 
-static int file_path(cmr_series_ctx *cx, const series_def *sd, int instance, char *rel, size_t n)
+int series_file_path(cmr_series_ctx *cx, const series_def *sd, int instance, char *rel, size_t n)
 {
     const cmr_study *s = cx->s;
     const cmr_site *site = &cmr_sites[s->site];
@@ -313,7 +276,7 @@ static int file_path(cmr_series_ctx *cx, const series_def *sd, int instance, cha
     return 0;
 }
 
-static void next_series(cmr_series_ctx *cx, series_def *sd, int kind, int contrast, int cine)
+void series_next_series(cmr_series_ctx *cx, series_def *sd, int kind, int contrast, int cine)
 {
     const cmr_study *s = cx->s;
     const cmr_site *site = &cmr_sites[s->site];
@@ -321,11 +284,16 @@ static void next_series(cmr_series_ctx *cx, series_def *sd, int kind, int contra
     sd->kind = kind, sd->contrast = contrast, sd->cine = cine;
     cx->series_no++;
     sd->number = s->vendor == CMR_V_PHILIPS ? cx->series_no * 100 + 1 : cx->series_no;
-    sd->desc = cmr_rng_chance(&cx->rr, site->blank_desc) ? "" : desc_tab[kind][s->vendor][cx->desc_pick];
+    /* GE keeps no protocol name to fall back on, and its magnitude images
+     * say nothing of flow: its flow series always keep their description. */
+    int blank = cmr_rng_chance(&cx->rr, site->blank_desc) && !(kind == K_FLOW && s->vendor == CMR_V_GE);
+    sd->desc = blank ? "" : desc_tab[kind][s->vendor][cx->desc_pick];
     cmr_uid(&cx->ur, sd->uid);
     int three = s->field_t > 2;
     if (contrast == CMR_C_CINE || contrast == CMR_C_LOC)
         sd->tr = three ? 3.1 : 2.9, sd->te = three ? 1.35 : 1.22, sd->flip = three ? 45 : 60;
+    else if (contrast == CMR_C_PC)
+        sd->tr = three ? 4.6 : 5.0, sd->te = three ? 2.5 : 2.9, sd->flip = three ? 15 : 20;
     else if (contrast == CMR_C_STIR)
         sd->tr = 2 * 60000.0 / s->hp.hr_bpm, sd->te = 60, sd->ti = three ? 220 : 170, sd->flip = 180;
     else
@@ -333,7 +301,27 @@ static void next_series(cmr_series_ctx *cx, series_def *sd, int kind, int contra
     cx->minutes += cmr_rng_int(&cx->rr, 1, 4);
 }
 
-static int emit_series(cmr_series_ctx *cx, series_def *sd, const img_spec *imgs, int n)
+void series_render_opts(cmr_series_ctx *cx, const series_def *sd, const img_spec *im, cmr_render_opts *ro)
+{
+    const cmr_study *s = cx->s;
+    memset(ro, 0, sizeof *ro);
+    ro->contrast = sd->contrast;
+    ro->t = im->t;
+    ro->scale = cx->scale;
+    ro->noise = cx->noise;
+    ro->max_value = s->vendor == CMR_V_GE ? 32767 : 4095;
+    memcpy(ro->shift, im->shift, sizeof ro->shift);
+    ro->bias_amp = cx->bias;
+    ro->ghost = im->ghost;
+    ro->ghost_rows = im->pl.rows / 3;
+    ro->supersample = 3;
+    if (sd->contrast == CMR_C_PSIR) {
+        ro->offset = cx->scale;
+        ro->scale = cx->scale * 0.9;
+    }
+}
+
+int series_emit_series(cmr_series_ctx *cx, series_def *sd, const img_spec *imgs, int n)
 {
     cmr_study *s = cx->s;
     int rc = 0;
@@ -346,36 +334,30 @@ static int emit_series(cmr_series_ctx *cx, series_def *sd, const img_spec *imgs,
     snprintf(si->kind, sizeof si->kind, "%s", kind_key[sd->kind]);
     snprintf(si->desc, sizeof si->desc, "%s", sd->desc);
     si->number = sd->number;
+    if (s->multiframe && sd->kind != K_LOC && sd->kind != K_STIR && sd->kind != K_FLOW)
+        return series_emit_enhanced(cx, sd, imgs, n);
     for (int k = 0; k < n; k++) {
         const img_spec *im = &imgs[k];
         size_t np = (size_t)im->pl.rows * (size_t)im->pl.cols;
-        if ((rc = ensure_buf(cx, np)))
+        if ((rc = series_ensure_buf(cx, np)))
             goto fail;
-        cmr_render_opts ro = {0};
-        ro.contrast = sd->contrast;
-        ro.t = im->t;
-        ro.scale = cx->scale;
-        ro.noise = cx->noise;
-        ro.max_value = s->vendor == CMR_V_GE ? 32767 : 4095;
-        memcpy(ro.shift, im->shift, sizeof ro.shift);
-        ro.bias_amp = cx->bias;
-        ro.ghost = im->ghost;
-        ro.ghost_rows = im->pl.rows / 3;
-        ro.supersample = 1;
-        if (sd->contrast == CMR_C_PSIR) {
-            ro.offset = cx->scale;
-            ro.scale = cx->scale * 0.9;
+        if (im->flow) {
+            if ((rc = series_render_flow(cx, sd, im)))
+                goto fail;
+        } else {
+            cmr_render_opts ro;
+            series_render_opts(cx, sd, im, &ro);
+            if ((rc = cmr_render(&cx->scene, &im->pl, &ro, &cx->rr, cx->px, cx->scratch)))
+                goto fail;
         }
-        if ((rc = cmr_render(&cx->scene, &im->pl, &ro, &cx->rr, cx->px, cx->scratch)))
-            goto fail;
         char sop[CMR_UID_LEN], rel[600], path[1200];
         cmr_uid(&cx->ur, sop);
         if ((rc = cmr_dcm_new(&d)))
             goto fail;
-        if ((rc = put_common(cx, d, sd, "MR", MR_STORAGE, sop, k + 1)) || (rc = put_image(cx, d, sd, im)) ||
+        if ((rc = series_put_common(cx, d, sd, "MR", MR_STORAGE, sop, k + 1)) || (rc = series_put_image(cx, d, sd, im)) ||
             (rc = cmr_dcm_pixels16(d, cx->px, np)))
             goto fail;
-        if ((rc = file_path(cx, sd, k + 1, rel, sizeof rel)))
+        if ((rc = series_file_path(cx, sd, k + 1, rel, sizeof rel)))
             goto fail;
         snprintf(path, sizeof path, "%s/%s", cx->o->out, rel);
         size_t bytes = 0;
@@ -397,15 +379,15 @@ fail:
 
 /* ---- views ---- */
 
-static void set_plane(cmr_series_ctx *cx, cmr_plane *pl, const double centre_h[3], double ra, double rb, double rc_,
+void series_set_plane(cmr_series_ctx *cx, cmr_plane *pl, const double centre_h[3], double ra, double rb, double rc_,
                       double ca, double cb, double cc)
 {
     const cmr_study *s = cx->s;
     const cmr_heart *h = cx->h;
     double c[3];
-    lps_of(h, centre_h[0], centre_h[1], centre_h[2], c);
-    lps_of(h, ra, rb, rc_, pl->row);
-    lps_of(h, ca, cb, cc, pl->col);
+    series_lps_of(h, centre_h[0], centre_h[1], centre_h[2], c);
+    series_lps_of(h, ra, rb, rc_, pl->row);
+    series_lps_of(h, ca, cb, cc, pl->col);
     for (int i = 0; i < 3; i++)
         pl->centre[i] = h->p.origin[i] + c[i] + cx->inplane[0] * pl->row[i] + cx->inplane[1] * pl->col[i];
     pl->ps = s->ps;
@@ -424,7 +406,7 @@ double cmr_series_sax_ws(const cmr_study *s, int k)
 static void sax_plane(cmr_series_ctx *cx, int k, cmr_plane *pl)
 {
     double c[3] = {0, 0, cmr_series_sax_ws(cx->s, k)};
-    set_plane(cx, pl, c, 1, 0, 0, 0, -1, 0);
+    series_set_plane(cx, pl, c, 1, 0, 0, 0, -1, 0);
 }
 
 /* Long-axis planes contain the LV axis; `ang` is the in-plane direction of
@@ -432,7 +414,7 @@ static void sax_plane(cmr_series_ctx *cx, int k, cmr_plane *pl)
 static void lax_plane(cmr_series_ctx *cx, double ang, cmr_plane *pl)
 {
     double c[3] = {0, 0, -0.5 * cx->s->hp.L_ed + 12};
-    set_plane(cx, pl, c, cos(ang), sin(ang), 0, 0, 0, 1);
+    series_set_plane(cx, pl, c, cos(ang), sin(ang), 0, 0, 0, 1);
 }
 
 static double lax_angle(int kind, double jitter)
@@ -458,10 +440,10 @@ static int write_cine(cmr_series_ctx *cx, int kind)
     int n = 0;
     double jitter = cmr_rng_range(&cx->rr, -0.1, 0.1);
     if (!per_slice)
-        next_series(cx, &sd, kind, CMR_C_CINE, 1);
+        series_next_series(cx, &sd, kind, CMR_C_CINE, 1);
     for (int k = 0; k < nsl; k++) {
         if (per_slice) {
-            next_series(cx, &sd, kind, CMR_C_CINE, 1);
+            series_next_series(cx, &sd, kind, CMR_C_CINE, 1);
             n = 0;
         }
         int arr = s->arrhythmia && (k == cx->arr_slice[0] || k == cx->arr_slice[1]);
@@ -481,11 +463,11 @@ static int write_cine(cmr_series_ctx *cx, int kind)
             memcpy(im->shift, sh, sizeof im->shift);
             im->ghost = arr ? 0.12 : (s->motion_artefact ? 0.07 : 0);
         }
-        if (per_slice && (rc = emit_series(cx, &sd, imgs, n)))
+        if (per_slice && (rc = series_emit_series(cx, &sd, imgs, n)))
             goto fail;
     }
     if (!per_slice)
-        rc = emit_series(cx, &sd, imgs, n);
+        rc = series_emit_series(cx, &sd, imgs, n);
 fail:
     free(imgs);
     return rc;
@@ -500,7 +482,7 @@ static int write_lge(cmr_series_ctx *cx)
     series_def sd;
     int contrast = s->psir ? CMR_C_PSIR : CMR_C_LGE;
     cx->minutes += 8; /* contrast wash-in */
-    next_series(cx, &sd, K_LGE_SAX, contrast, 0);
+    series_next_series(cx, &sd, K_LGE_SAX, contrast, 0);
     for (int k = 0; k < s->nslices; k++) {
         img_spec *im = &imgs[k];
         memset(im, 0, sizeof *im);
@@ -512,19 +494,19 @@ static int write_lge(cmr_series_ctx *cx)
             im->shift[i] = cx->slice_shift[(k + 5) % 16][i];
         im->ghost = s->motion_artefact ? 0.05 : 0;
     }
-    if ((rc = emit_series(cx, &sd, imgs, s->nslices)))
+    if ((rc = series_emit_series(cx, &sd, imgs, s->nslices)))
         return rc;
     if (!s->has_lax)
         return 0;
     for (int v = 0; v < 2; v++) {
         int kind = v == 0 ? K_LGE_4CH : K_LGE_2CH;
-        next_series(cx, &sd, kind, contrast, 0);
+        series_next_series(cx, &sd, kind, contrast, 0);
         img_spec *im = &imgs[0];
         memset(im, 0, sizeof *im);
         lax_plane(cx, lax_angle(kind, 0), &im->pl);
         im->t = 0.72;
         im->trigger_ms = rr * 0.72;
-        if ((rc = emit_series(cx, &sd, imgs, 1)))
+        if ((rc = series_emit_series(cx, &sd, imgs, 1)))
             return rc;
     }
     return 0;
@@ -535,7 +517,7 @@ static int write_stir(cmr_series_ctx *cx)
     cmr_study *s = cx->s;
     img_spec imgs[3];
     series_def sd;
-    next_series(cx, &sd, K_STIR, CMR_C_STIR, 0);
+    series_next_series(cx, &sd, K_STIR, CMR_C_STIR, 0);
     double rr = 60000.0 / s->hp.hr_bpm;
     for (int k = 0; k < 3; k++) {
         img_spec *im = &imgs[k];
@@ -547,7 +529,7 @@ static int write_stir(cmr_series_ctx *cx)
         im->t = 0.75;
         im->trigger_ms = rr * 0.75;
     }
-    return emit_series(cx, &sd, imgs, 3);
+    return series_emit_series(cx, &sd, imgs, 3);
 }
 
 static int write_localizer(cmr_series_ctx *cx)
@@ -555,14 +537,14 @@ static int write_localizer(cmr_series_ctx *cx)
     cmr_study *s = cx->s;
     img_spec imgs[3];
     series_def sd;
-    next_series(cx, &sd, K_LOC, CMR_C_LOC, 0);
+    series_next_series(cx, &sd, K_LOC, CMR_C_LOC, 0);
     static const double dirs[3][6] = {{1, 0, 0, 0, 1, 0}, {1, 0, 0, 0, 0, -1}, {0, 1, 0, 0, 0, -1}};
     for (int k = 0; k < 3; k++) {
         img_spec *im = &imgs[k];
         memset(im, 0, sizeof *im);
         cmr_plane *pl = &im->pl;
         double c[3];
-        lps_of(cx->h, 0, 0, -0.5 * s->hp.L_ed, c);
+        series_lps_of(cx->h, 0, 0, -0.5 * s->hp.L_ed, c);
         for (int i = 0; i < 3; i++) {
             pl->centre[i] = cx->h->p.origin[i] + c[i];
             pl->row[i] = dirs[k][i];
@@ -574,7 +556,7 @@ static int write_localizer(cmr_series_ctx *cx)
         im->slice = k;
         im->t = 0.7;
     }
-    return emit_series(cx, &sd, imgs, 3);
+    return series_emit_series(cx, &sd, imgs, 3);
 }
 
 int cmr_series_write_all(cmr_series_ctx *cx)
@@ -582,7 +564,7 @@ int cmr_series_write_all(cmr_series_ctx *cx)
     cmr_study *s = cx->s;
     int rc = 0;
     double c[3];
-    lps_of(cx->h, 0, 0, -0.5 * s->hp.L_ed, c);
+    series_lps_of(cx->h, 0, 0, -0.5 * s->hp.L_ed, c);
     for (int i = 0; i < 3; i++)
         s->lv_center[i] = cx->h->p.origin[i] + c[i];
     s->es_phase = (int)lround((s->hp.es_frac + 0.03) * s->nphases) % s->nphases;
@@ -595,6 +577,8 @@ int cmr_series_write_all(cmr_series_ctx *cx)
                 return rc;
     }
     if ((rc = write_cine(cx, K_CINE_SAX)))
+        return rc;
+    if (s->has_flow && (rc = series_write_flow(cx)))
         return rc;
     if (s->has_stir && (rc = write_stir(cx)))
         return rc;
@@ -611,112 +595,3 @@ int cmr_series_pick_victim(cmr_series_ctx *cx, cmr_rng *r, char *rel, size_t n)
     return 0;
 }
 
-static int put_code_item(cmr_dcm *d, uint32_t seq, const char *value, const char *scheme, const char *meaning)
-{
-    int rc;
-    if ((rc = cmr_dcm_seq_begin(d, seq)) || (rc = cmr_dcm_item_begin(d)) || (rc = cmr_dcm_put(d, T(0008, 0100), value)) ||
-        (rc = cmr_dcm_put(d, T(0008, 0102), scheme)) || (rc = cmr_dcm_putf(d, T(0008, 0104), "%.64s", meaning)) ||
-        (rc = cmr_dcm_item_end(d)) || (rc = cmr_dcm_seq_end(d)))
-        return rc;
-    return 0;
-}
-
-/* CONTAINS item of type TEXT or CODE under the current content sequence. */
-static int sr_text(cmr_dcm *d, const char *cv, const char *meaning, const char *text)
-{
-    int rc;
-    if ((rc = cmr_dcm_item_begin(d)) || (rc = cmr_dcm_put(d, T(0040, A010), "CONTAINS")) ||
-        (rc = cmr_dcm_put(d, T(0040, A040), "TEXT")) || (rc = put_code_item(d, T(0040, A043), cv, "DCM", meaning)) ||
-        (rc = cmr_dcm_put(d, T(0040, A160), text)) || (rc = cmr_dcm_item_end(d)))
-        return rc;
-    return 0;
-}
-
-static int sr_code(cmr_dcm *d, int dx)
-{
-    int rc;
-    const cmr_dx_code *c = &cmr_dx_codes[dx];
-    if ((rc = cmr_dcm_item_begin(d)) || (rc = cmr_dcm_put(d, T(0040, A010), "CONTAINS")) ||
-        (rc = cmr_dcm_put(d, T(0040, A040), "CODE")) ||
-        (rc = put_code_item(d, T(0040, A043), "29308-4", "LN", "Diagnosis")) ||
-        (rc = put_code_item(d, T(0040, A168), c->snomed, "SCT", c->snomed_display)) || (rc = cmr_dcm_item_end(d)))
-        return rc;
-    if ((rc = cmr_dcm_item_begin(d)) || (rc = cmr_dcm_put(d, T(0040, A010), "CONTAINS")) ||
-        (rc = cmr_dcm_put(d, T(0040, A040), "CODE")) ||
-        (rc = put_code_item(d, T(0040, A043), "29308-4", "LN", "Diagnosis")) ||
-        (rc = put_code_item(d, T(0040, A168), c->icd10, "I10", c->icd10_display)) || (rc = cmr_dcm_item_end(d)))
-        return rc;
-    return 0;
-}
-
-static int sr_container(cmr_dcm *d, const char *cv, const char *meaning)
-{
-    int rc;
-    if ((rc = cmr_dcm_item_begin(d)) || (rc = cmr_dcm_put(d, T(0040, A010), "CONTAINS")) ||
-        (rc = cmr_dcm_put(d, T(0040, A040), "CONTAINER")) || (rc = put_code_item(d, T(0040, A043), cv, "DCM", meaning)) ||
-        (rc = cmr_dcm_put(d, T(0040, A050), "SEPARATE")) || (rc = cmr_dcm_seq_begin(d, T(0040, A730))))
-        return rc;
-    return 0;
-}
-
-static int sr_container_end(cmr_dcm *d)
-{
-    int rc;
-    if ((rc = cmr_dcm_seq_end(d)) || (rc = cmr_dcm_item_end(d)))
-        return rc;
-    return 0;
-}
-
-int cmr_series_write_sr(cmr_series_ctx *cx, const char *findings, const char *impression)
-{
-    cmr_study *s = cx->s;
-    int rc = 0;
-    cmr_dcm *d = NULL;
-    series_def sd;
-    next_series(cx, &sd, K_SR, CMR_C_CINE, 0);
-    cx->minutes += 30;
-    char sop[CMR_UID_LEN], rel[510], path[1200];
-    cmr_uid(&cx->ur, sop);
-    if ((rc = cmr_dcm_new(&d)) || (rc = put_common(cx, d, &sd, "SR", BASIC_TEXT_SR, sop, 1)))
-        goto fail;
-    P(T(0040, A491), "COMPLETE");
-    P(T(0040, A493), "UNVERIFIED");
-    P(T(0040, A040), "CONTAINER");
-    P(T(0040, A050), "SEPARATE");
-    if ((rc = put_code_item(d, T(0040, A043), "18748-4", "LN", "Diagnostic Imaging Report")) ||
-        (rc = cmr_dcm_seq_begin(d, T(0008, 1111))) || (rc = cmr_dcm_seq_end(d)) ||
-        (rc = cmr_dcm_seq_begin(d, T(0040, A372))) || (rc = cmr_dcm_seq_end(d)) ||
-        (rc = cmr_dcm_seq_begin(d, T(0040, A730))))
-        goto fail;
-    if ((rc = sr_container(d, "121070", "Findings")) || (rc = sr_text(d, "121071", "Finding", findings)) ||
-        (rc = sr_container_end(d)))
-        goto fail;
-    if (impression[0]) {
-        if ((rc = sr_container(d, "121072", "Impressions")) || (rc = sr_text(d, "121073", "Impression", impression)) ||
-            (rc = sr_code(d, s->code_dx)) || (rc = sr_container_end(d)))
-            goto fail;
-    } else if ((rc = sr_code(d, s->code_dx))) {
-        goto fail;
-    }
-    if ((rc = cmr_dcm_seq_end(d)))
-        goto fail;
-    if ((rc = file_path(cx, &sd, 1, rel, sizeof rel)))
-        goto fail;
-    snprintf(path, sizeof path, "%s/%s", cx->o->out, rel);
-    size_t bytes = 0;
-    if ((rc = cmr_dcm_save(d, path, CMR_TS_EXPLICIT_LE, &bytes)))
-        goto fail;
-    snprintf(s->report_path, sizeof s->report_path, "%s", rel);
-    s->bytes += bytes;
-    s->nfiles++;
-    cmr_series_info *si = &s->series[s->nseries++];
-    memset(si, 0, sizeof *si);
-    memcpy(si->uid, sd.uid, sizeof si->uid);
-    snprintf(si->kind, sizeof si->kind, "sr_report");
-    snprintf(si->desc, sizeof si->desc, "%s", sd.desc);
-    si->number = sd.number;
-    si->nfiles = 1;
-fail:
-    cmr_dcm_free(d);
-    return rc;
-}

@@ -108,6 +108,20 @@ static void day_to_date(int day, char out[9])
     out[8] = 0;
 }
 
+/* A weighted draw among the entries not masked out (mask bit set = out);
+ * the same single uniform draw whatever the mask, so archives without
+ * masks are unchanged. */
+static int pick_allowed(cmr_rng *r, const double *w, int n, unsigned out_mask)
+{
+    double masked[32];
+    for (int k = 0; k < n; k++)
+        masked[k] = out_mask >> k & 1 ? 0 : w[k];
+    int i = cmr_rng_weighted(r, masked, n);
+    while (masked[i] == 0)
+        i = (i + 1) % n; /* the rounding fallback may land on a masked entry */
+    return i;
+}
+
 static void plan_one(const cmr_phantom_opts *o, cmr_study *s, int i, int forced_dx)
 {
     cmr_rng r;
@@ -117,9 +131,9 @@ static void plan_one(const cmr_phantom_opts *o, cmr_study *s, int i, int forced_
     s->dup_of = -1;
     s->render_stream = 0x100000000ULL + (uint64_t)i;
     s->uid_stream = 0x200000000ULL + (uint64_t)i;
-    s->dx = forced_dx >= 0 ? forced_dx : cmr_rng_weighted(&r, dx_weights, CMR_DX_COUNT);
+    s->dx = forced_dx >= 0 ? forced_dx : pick_allowed(&r, dx_weights, CMR_DX_COUNT, o->dx_exclude);
     static const double site_w[CMR_NSITES] = {0.28, 0.22, 0.2, 0.12, 0.18};
-    s->site = cmr_rng_weighted(&r, site_w, CMR_NSITES);
+    s->site = pick_allowed(&r, site_w, CMR_NSITES, o->site_mask ? ~o->site_mask : 0);
     const cmr_site *site = &cmr_sites[s->site];
     s->vendor = site->vendor;
     int three = cmr_rng_chance(&r, site->p3t);
@@ -187,10 +201,9 @@ static void plan_one(const cmr_phantom_opts *o, cmr_study *s, int i, int forced_
     /* The RLE site moved most of its archive to JPEG-LS later on. */
     if (s->ts == CMR_TS_RLE && cmr_rng_chance(&r, 0.6))
         s->ts = CMR_TS_JPEGLS_LOSSLESS;
-    /* Enhanced MR multi-frame output is not written yet; the draw stays so
-     * that adding it keeps every later random choice of a seed. */
-    (void)cmr_rng_uniform(&r);
-    s->multiframe = 0;
+    /* Philips sites write a share of their studies as Enhanced MR: one
+     * multi-frame object per cine or LGE series. */
+    s->multiframe = cmr_rng_uniform(&r) < (s->vendor == CMR_V_PHILIPS ? 0.35 * o->multiframe : 0);
     s->has_loc = cmr_rng_chance(&r, 0.9);
     s->has_stir = cmr_rng_chance(&r, o->extra_series * (s->hp.edema ? 2.5 : 1));
     s->has_lax = 1;
@@ -220,6 +233,9 @@ static void plan_one(const cmr_phantom_opts *o, cmr_study *s, int i, int forced_
     }
     if (cmr_rng_chance(&r, o->corrupt))
         s->problems |= cmr_rng_chance(&r, 0.5) ? CMR_P_TRUNCATED : CMR_P_CORRUPT;
+
+    /* Drawn last so that it left every earlier choice of a seed alone. */
+    s->has_flow = cmr_rng_chance(&r, o->flow);
 
     cmr_rng ur;
     cmr_rng_seed(&ur, o->seed, s->uid_stream);
@@ -267,6 +283,8 @@ int cmr_phantom_plan(const cmr_phantom_opts *o, cmr_study *st, int n)
             continue;
         }
         int dx = o->dx_only >= 0 ? o->dx_only : (i < CMR_DX_COUNT ? order[i] : -1);
+        if (dx >= 0 && o->dx_only < 0 && (o->dx_exclude >> dx & 1))
+            dx = -1;
         plan_one(o, &st[i], i, dx);
     }
     return 0;

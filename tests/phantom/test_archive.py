@@ -6,6 +6,7 @@ files, planted problems at their rates, and EF measured from the images.
 usage: test_archive.py CMR_PHANTOM WORKDIR SCHEMA_DIR"""
 import hashlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -188,6 +189,63 @@ def test_truth_vs_files(truth, root):
                         check(pa.SOPInstanceUID != pb.SOPInstanceUID, "duplicate reuses SOP Instance UID")
 
 
+def test_enhanced_and_flow():
+    """Enhanced MR objects and flow series: every one through dciodvfy,
+    truth's enhanced flags against the files, frames and functional groups
+    read back with pydicom, venc where each vendor keeps it."""
+    root = os.path.join(WORK, "enh")
+    # --multiframe 2.86: every Philips study enhanced; --flow 1: all have flow.
+    t = run_phantom(root, "--studies", "12", "--seed", "9", "--multiframe", "2.86", "--flow", "1", "--compress", "0.5")
+    n_enh = n_flow = 0
+    have_dciodvfy = shutil.which("dciodvfy") is not None
+    for s in t["study_list"]:
+        sm = series_map(os.path.join(root, s["dir"]))
+        flow_types = set()
+        for x in s["series"]:
+            got = sm.get(x["uid"], [])
+            if not check(got, "%s: series %s not found" % (s["dir"], x["kind"])):
+                continue
+            ds0, p0 = got[0]
+            enh = ds0.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4.1"
+            check(enh == x["enhanced"], "%s %s: enhanced %s in truth, SOP class %s" % (s["dir"], x["kind"], x["enhanced"],
+                                                                                   ds0.SOPClassUID))
+            if x["enhanced"]:
+                n_enh += 1
+                ds = pydicom.dcmread(p0)
+                nf = int(ds.NumberOfFrames)
+                check(nf == x["frames"] and len(ds.PerFrameFunctionalGroupsSequence) == nf,
+                      "%s: %d frames, %d per-frame items, truth %d" % (p0, nf, len(ds.PerFrameFunctionalGroupsSequence),
+                                                                      x["frames"]))
+                sh = ds.SharedFunctionalGroupsSequence[0]
+                check(float(sh.PixelMeasuresSequence[0].SliceThickness) > 0, "%s: no slice thickness" % p0)
+                pf = ds.PerFrameFunctionalGroupsSequence
+                trig = [float(f.CardiacSynchronizationSequence[0].NominalCardiacTriggerDelayTime) for f in pf]
+                idx = [tuple(f.FrameContentSequence[0].DimensionIndexValues) for f in pf]
+                check(len(set(idx)) == nf, "%s: dimension index values repeat" % p0)
+                if x["kind"].startswith("cine"):
+                    check(len(set(trig)) == s["protocol"]["phases"], "%s: %d trigger delays" % (p0, len(set(trig))))
+                if ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1":
+                    check(ds.pixel_array.shape[0] == nf or nf == 1, "%s: pixel array %s" % (p0, ds.pixel_array.shape))
+            if x["kind"] == "flow":
+                n_flow += 1
+                flow_types |= {"\\".join(ds.ImageType) for ds, _ in got}
+            if have_dciodvfy and (x["enhanced"] or x["kind"] == "flow"):
+                for _, p in (got[0], got[-1]):
+                    r = subprocess.run(["dciodvfy", p], capture_output=True, text=True)
+                    errs = [l for l in (r.stdout + r.stderr).splitlines() if l.startswith("Error")]
+                    check(not errs, "dciodvfy %s: %s" % (p, errs[:3]))
+        # Siemens puts magnitude and phase in two series, the others in one.
+        check(any("P" in t_.split("\\")[2:] or "PHASE" in t_ or "VELOCITY" in t_ for t_ in flow_types),
+              "%s: no phase image type in %s" % (s["dir"], flow_types))
+        if s["vendor"] == "siemens" and s["protocol"]["has_flow"]:
+            names = {str(ds.SequenceName) for x in s["series"] if x["kind"] == "flow" for ds, _ in sm.get(x["uid"], [])[:1]}
+            check(any(re.search(r"_v\d+in$", n) for n in names), "%s: Siemens venc not in %s" % (s["dir"], names))
+    check(n_enh >= 4, "only %d enhanced series" % n_enh)
+    check(n_flow >= 8, "only %d flow series" % n_flow)
+    print("enhanced series: %d, flow series: %d" % (n_enh, n_flow))
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def test_rates():
     out = os.path.join(WORK, "plan")
     t = run_phantom(out, "--studies", "3000", "--seed", "5", "--problems", "0.1", "--plan-only")
@@ -262,7 +320,8 @@ def ed_es_volumes(study, root):
 
 def test_ef_from_images():
     root = os.path.join(WORK, "ef")
-    t = run_phantom(root, "--studies", "10", "--seed", "11", "--compress", "0", "--fast")
+    # Single-frame only: the volume reader below walks one file per image.
+    t = run_phantom(root, "--studies", "10", "--seed", "11", "--compress", "0", "--fast", "--multiframe", "0")
     errs = []
     for s in t["study_list"]:
         if s["problems"] or s["protocol"]["arrhythmia"] or len({x["kind"] for x in s["series"]
@@ -295,6 +354,7 @@ def main():
                      ("reports", lambda: test_reports(truth, a)),
                      ("dciodvfy", lambda: test_dciodvfy(truth, a)),
                      ("determinism", lambda: test_determinism(truth, a)),
+                     ("enhanced_and_flow", test_enhanced_and_flow),
                      ("rates", test_rates),
                      ("ef_from_images", test_ef_from_images)]:
         n0 = len(failures)

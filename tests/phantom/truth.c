@@ -103,10 +103,10 @@ int cmr_truth_write(const cmr_phantom_opts *o, const cmr_study *st, int n, const
         fprintf(f, "     \"protocol\": {\"rows\": %d, \"cols\": %d, \"pixel_spacing\": %.4f, \"slice_thickness\": %g, "
                    "\"slice_gap\": %g, \"sax_slices\": %d, \"phases\": %d, \"lge\": \"%s\", \"ti_ms\": %.0f, "
                    "\"transfer_syntax\": \"%s\", \"multiframe\": %s, \"has_lge\": %s, \"has_lax\": %s, "
-                   "\"has_localizer\": %s, \"has_stir\": %s, \"arrhythmia\": %s, \"motion_artefact\": %s},\n",
+                   "\"has_localizer\": %s, \"has_stir\": %s, \"has_flow\": %s, \"arrhythmia\": %s, \"motion_artefact\": %s},\n",
                 s->rows, s->cols, s->ps, s->thick, s->gap, s->nslices, s->nphases, s->psir ? "psir" : "magnitude",
                 s->ti_ms, cmr_dcm_ts_name[s->ts], s->multiframe ? "true" : "false", s->has_lge ? "true" : "false",
-                s->has_lax ? "true" : "false", s->has_loc ? "true" : "false", s->has_stir ? "true" : "false",
+                s->has_lax ? "true" : "false", s->has_loc ? "true" : "false", s->has_stir ? "true" : "false", s->has_flow ? "true" : "false",
                 s->arrhythmia ? "true" : "false", s->motion_artefact ? "true" : "false");
         fprintf(f, "     \"sax_ws\": [");
         for (int k = 0; k < s->nslices; k++)
@@ -122,8 +122,9 @@ int cmr_truth_write(const cmr_phantom_opts *o, const cmr_study *st, int n, const
         fprintf(f, "},\n     \"series\": [");
         for (int k = 0; k < s->nseries; k++) {
             const cmr_series_info *si = &s->series[k];
-            fprintf(f, "%s{\"uid\": \"%s\", \"kind\": \"%s\", \"number\": %d, \"files\": %d, \"description\": ",
-                    k ? ", " : "", si->uid, si->kind, si->number, si->nfiles);
+            fprintf(f, "%s{\"uid\": \"%s\", \"kind\": \"%s\", \"number\": %d, \"files\": %d, \"frames\": %d, "
+                    "\"enhanced\": %s, \"description\": ",
+                    k ? ", " : "", si->uid, si->kind, si->number, si->nfiles, si->nframes, si->enhanced ? "true" : "false");
             jstr(f, si->desc);
             fputc('}', f);
         }
