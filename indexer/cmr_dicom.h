@@ -90,6 +90,8 @@ int cmr_dicom_probe(const char *path);
 /* Read every attribute above without decoding pixel data.  *out is freed
  * with cmr_dicom_header_free. */
 int cmr_dicom_read_header(const char *path, cmr_dicom_header **out);
+/* The same for a regular file cmr_dicom_probe has just accepted. */
+int cmr_dicom_read_header_probed(const char *path, cmr_dicom_header **out);
 void cmr_dicom_header_free(cmr_dicom_header *h);
 
 /* Decode all frames of a greyscale image to float, after the modality

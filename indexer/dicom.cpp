@@ -218,17 +218,21 @@ extern "C" int cmr_dicom_probe(const char *path)
 
 /* ---- loading and attribute access ------------------------------------------------------ */
 
-static int load(const char *path, DcmFileFormat &ff, Uint32 max_read)
+/* probed: the caller has just run cmr_dicom_probe on this regular file (the
+ * archive scan does, to tell DICOM from reports): not again, 61,000 times. */
+static int load(const char *path, DcmFileFormat &ff, Uint32 max_read, bool probed = false)
 {
     if (!path)
         return cmr_fail(CMR_EINVAL, "no path given");
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return failf(CMR_EIO, path, "cannot open: %s", strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return failf(CMR_EINVAL, path, "not a regular file");
-    if (!cmr_dicom_probe(path))
-        return CMR_EFORMAT; /* probe's message names the file and the reason */
+    if (!probed) {
+        struct stat st;
+        if (stat(path, &st) != 0)
+            return failf(CMR_EIO, path, "cannot open: %s", strerror(errno));
+        if (!S_ISREG(st.st_mode))
+            return failf(CMR_EINVAL, path, "not a regular file");
+        if (!cmr_dicom_probe(path))
+            return CMR_EFORMAT; /* probe's message names the file and the reason */
+    }
     OFCondition c = ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, max_read, ERM_autoDetect);
     if (c.good() && ff.getDataset()->card() == 0)
         return failf(CMR_EFORMAT, path, "the data set is empty");
@@ -245,7 +249,9 @@ static int load(const char *path, DcmFileFormat &ff, Uint32 max_read)
                 last = stack.top();
         }
         std::string where = last ? "in or after " + tag_name(last->getTag()) : "in the meta header";
-        return failf(CMR_EFORMAT, path, "truncated: the file (%lld bytes) ends %s%s", (long long)st.st_size,
+        struct stat st;
+        long long size = stat(path, &st) == 0 ? (long long)st.st_size : -1;
+        return failf(CMR_EFORMAT, path, "truncated: the file (%lld bytes) ends %s%s", size,
                      where.c_str(), dcmtk_said().c_str());
     }
     return failf(CMR_EFORMAT, path, "cannot parse: %s%s", c.text(), dcmtk_said().c_str());
@@ -718,7 +724,7 @@ static int read_header_from(const char *path, DcmFileFormat &ff, cmr_dicom_heade
     return rc;
 }
 
-extern "C" int cmr_dicom_read_header(const char *path, cmr_dicom_header **out)
+static int read_header(const char *path, cmr_dicom_header **out, bool probed)
 {
     if (!out)
         return cmr_fail(CMR_EINVAL, "cmr_dicom_read_header: no output");
@@ -726,12 +732,22 @@ extern "C" int cmr_dicom_read_header(const char *path, cmr_dicom_header **out)
     CMR_GUARD(path, {
         begin_call();
         DcmFileFormat ff;
-        int rc = load(path, ff, HEADER_MAX_READ);
+        int rc = load(path, ff, HEADER_MAX_READ, probed);
         if (rc)
             return rc;
         header_ctx c;
         return read_header_from(path, ff, out, c);
     })
+}
+
+extern "C" int cmr_dicom_read_header(const char *path, cmr_dicom_header **out)
+{
+    return read_header(path, out, false);
+}
+
+extern "C" int cmr_dicom_read_header_probed(const char *path, cmr_dicom_header **out)
+{
+    return read_header(path, out, true);
 }
 
 extern "C" void cmr_dicom_header_free(cmr_dicom_header *h)

@@ -188,7 +188,7 @@ static void *reader_thread(void *arg)
         if (!strcmp(base, "DICOMDIR")) {
             f->kind = FILE_OTHER; /* the walk finds every file a DICOMDIR lists */
         } else if (cmr_dicom_probe(f->path)) {
-            if (cmr_dicom_read_header(f->path, &f->header) == 0) {
+            if (cmr_dicom_read_header_probed(f->path, &f->header) == 0) {
                 f->kind = FILE_DICOM;
             } else {
                 f->kind = FILE_BAD;

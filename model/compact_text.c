@@ -38,7 +38,33 @@ static uint64_t fnv_word(uint64_t h, const unsigned char *w, size_t len)
 typedef struct word {
     const unsigned char *p;
     size_t len;
+    int negated; /* in a negation's scope: hashed with a leading '~' */
 } word;
+
+/* Negation scope (docs/compact-model.md, "Text tower"): "no late gadolinium
+ * enhancement" must not share its n-grams with "late gadolinium
+ * enhancement", or a bag of n-grams cannot tell the two apart. */
+#define NEG_SCOPE 8
+
+static int word_is(const unsigned char *w, size_t len, const char *const *list)
+{
+    for (; *list; list++) {
+        size_t n = strlen(*list);
+        if (n != len)
+            continue;
+        size_t i = 0;
+        while (i < n && (w[i] | (w[i] >= 'A' && w[i] <= 'Z' ? 0x20 : 0)) == (unsigned char)(*list)[i])
+            i++;
+        if (i == n)
+            return 1;
+    }
+    return 0;
+}
+
+static const char *const neg_triggers[] = {"no", "not", "without", "absent", "absence", "negative", "none", NULL};
+static const char *const neg_ends[] = {"but", "however", "although", "though", "except", "apart", "yet", NULL};
+
+static int ends_scope(unsigned char b) { return b == '.' || b == ';' || b == ':' || b == '!' || b == '?' || b == '\n'; }
 
 int cmr_compact_ngrams(const cmr_compact_config *c, const char *text, size_t len, uint32_t *ids, size_t cap,
                        size_t *n)
@@ -55,16 +81,27 @@ int cmr_compact_ngrams(const cmr_compact_config *c, const char *text, size_t len
      * the ids come out start-major (for each word, n = 1..max_n). */
     word ring[MAX_N];
     size_t head = 0, queued = 0, words = 0, pos = 0, total = 0;
+    int scope = 0; /* words left in the current negation's scope */
     for (;;) {
         while (queued < max_n && words < max_words) {
-            while (pos < len && !is_word_byte(s[pos]))
+            while (pos < len && !is_word_byte(s[pos])) {
+                if (ends_scope(s[pos]))
+                    scope = 0;
                 pos++;
+            }
             if (pos == len)
                 break;
             size_t start = pos;
             while (pos < len && is_word_byte(s[pos]))
                 pos++;
-            ring[(head + queued) % max_n] = (word){s + start, pos - start};
+            int negated = 0;
+            if (word_is(s + start, pos - start, neg_triggers))
+                scope = NEG_SCOPE;
+            else if (word_is(s + start, pos - start, neg_ends))
+                scope = 0;
+            else if (scope > 0)
+                negated = 1, scope--;
+            ring[(head + queued) % max_n] = (word){s + start, pos - start, negated};
             queued++;
             words++;
         }
@@ -77,6 +114,8 @@ int cmr_compact_ngrams(const cmr_compact_config *c, const char *text, size_t len
             const word *w = &ring[(head + k) % max_n];
             if (k)
                 h = (h ^ ' ') * FNV_PRIME;
+            if (w->negated)
+                h = (h ^ '~') * FNV_PRIME;
             h = fnv_word(h, w->p, w->len);
             if (total < cap)
                 ids[total] = (uint32_t)(h % buckets);

@@ -318,8 +318,19 @@ typedef struct train_state {
     double best_r10;
 } train_state;
 
-static int save_checkpoint(const char *path, const train_state *s, uint64_t seed, size_t n)
+/* What must not change between a checkpoint and the run resuming it. */
+static void options_key(const cmr_train_options *o, char *out, size_t cap)
 {
+    snprintf(out, cap, "batch %u lr %.9g wd %.9g warmup %.9g temperature %.9g learn %d val %.9g epochs %u init %s",
+             o->batch, (double)o->lr, (double)o->weight_decay, (double)o->warmup_epochs, (double)o->temperature,
+             o->learn_temperature, (double)o->val_fraction, o->epochs, o->init ? o->init : "-");
+}
+
+static int save_checkpoint(const char *path, const train_state *s, const cmr_train_options *o, size_t n)
+{
+    uint64_t seed = o->seed;
+    char key[512];
+    options_key(o, key, sizeof key);
     cmr_st_entry e[4] = {
         {.name = "params", .ndim = 1, .shape = {(int64_t)s->total}, .data = s->params},
         {.name = "best", .ndim = 1, .shape = {(int64_t)s->total}, .data = s->best},
@@ -331,15 +342,18 @@ static int save_checkpoint(const char *path, const train_state *s, uint64_t seed
                                 "\"seed\":%llu,\"pairs\":%zu}",
              s->epoch, (unsigned long long)s->step, s->best_epoch, s->since_best, s->best_r10,
              (unsigned long long)seed, n);
-    json_t *meta = json_pack("{s:s}", "state", text);
+    json_t *meta = json_pack("{s:s, s:s}", "state", text, "options", key);
     int rc = meta ? cmr_st_write(path, e, 4, meta) : cmr_fail(CMR_ENOMEM, "out of memory");
     json_decref(meta);
     return rc;
 }
 
 /* 1 when resumed, 0 when there is no checkpoint, negative on error. */
-static int load_checkpoint(const char *path, train_state *s, uint64_t seed, size_t n)
+static int load_checkpoint(const char *path, train_state *s, const cmr_train_options *o, size_t n)
 {
+    uint64_t seed = o->seed;
+    char key[512];
+    options_key(o, key, sizeof key);
     cmr_st_file *f = NULL;
     int rc = cmr_st_open(path, &f);
     if (rc == CMR_ENOTFOUND) {
@@ -348,7 +362,16 @@ static int load_checkpoint(const char *path, train_state *s, uint64_t seed, size
     }
     if (rc < 0)
         return rc;
-    char *state = cmr_st_metadata(f, "state");
+    char *state = cmr_st_metadata(f, "state"), *saved_key = cmr_st_metadata(f, "options");
+    if (!saved_key || strcmp(saved_key, key) != 0) {
+        rc = cmr_fail(CMR_EINVAL, "%s: made with other training options (%s; this run: %s); remove it to start again",
+                      path, saved_key ? saved_key : "unknown", key);
+        free(saved_key);
+        free(state);
+        cmr_st_close(f);
+        return rc;
+    }
+    free(saved_key);
     json_t *j = state ? json_loads(state, 0, NULL) : NULL;
     free(state);
     json_int_t js = 0, jn = 0, je = 0, jstep = 0, jb = 0, jsb = 0;
@@ -457,7 +480,7 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
             memset(mask + t->offset, 1, t->count);
     }
     size_t ls = cmr_compact_find(&layout, "logit_scale")->offset;
-    if (o.checkpoint && (rc = load_checkpoint(o.checkpoint, &s, o.seed, set->n)) < 0)
+    if (o.checkpoint && (rc = load_checkpoint(o.checkpoint, &s, &o, set->n)) < 0)
         goto done;
     result->resumed = rc == 1;
     result->n_train = d.n_train;
@@ -543,7 +566,7 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
                                     .seconds = now() - t0};
             o.progress(o.progress_user, &p);
         }
-        if (o.checkpoint && (rc = save_checkpoint(o.checkpoint, &s, o.seed, set->n)) < 0)
+        if (o.checkpoint && (rc = save_checkpoint(o.checkpoint, &s, &o, set->n)) < 0)
             goto done;
     }
     if (best.r10 == 0 && s.best_epoch && d.n_val && (rc = validate(&d, s.best, &best)) < 0)

@@ -14,3 +14,12 @@ if(CMR_PYTHON3 AND TARGET cmrsearch AND TARGET test_model)
                    $<TARGET_FILE:cmrsearch> ${CMR_PHANTOM_RUN} $<TARGET_FILE:test_model>)
   set_tests_properties(model_e2e PROPERTIES TIMEOUT 600)
 endif()
+
+# cmrsearch train: determinism, kill and resume, option checks, and the
+# trained model in use (tests/train_e2e.sh).
+if(CMR_PYTHON3 AND TARGET cmrsearch)
+  add_test(NAME train_e2e
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_e2e.sh $<TARGET_FILE:cmrsearch> ${CMR_PHANTOM_RUN}
+                   ${CMR_PYTHON3})
+  set_tests_properties(train_e2e PROPERTIES TIMEOUT 600)
+endif()

@@ -59,9 +59,39 @@ def fnv1a64(data):
     return h
 
 
+NEG_TRIGGERS = {b"no", b"not", b"without", b"absent", b"absence", b"negative", b"none"}
+NEG_ENDS = {b"but", b"however", b"although", b"though", b"except", b"apart", b"yet"}
+NEG_STOPS = b".;:!?\n"
+NEG_SCOPE = 8
+
+
+def marked_words(text):
+    """The words, those in a negation's scope written with a leading '~'
+    (docs/compact-model.md): up to 8 words after a trigger, ended early by
+    . ; : ! ? or a newline between words, or by a contrasting word."""
+    out, scope, prev_end = [], 0, 0
+    for m in WORD.finditer(text):
+        if any(c in NEG_STOPS for c in text[prev_end:m.start()]):
+            scope = 0
+        prev_end = m.end()
+        w = m.group()
+        if w in NEG_TRIGGERS:
+            scope = NEG_SCOPE
+            out.append(w)
+        elif w in NEG_ENDS:
+            scope = 0
+            out.append(w)
+        elif scope > 0:
+            scope -= 1
+            out.append(b"~" + w)
+        else:
+            out.append(w)
+    return out
+
+
 def ngram_ids(text, buckets=16384, max_n=3, max_words=512):
     """text: bytes.  bytes.lower() lower-cases ASCII only, as the doc asks."""
-    words = WORD.findall(text.lower())[:max_words]
+    words = marked_words(text.lower())[:max_words]
     ids = []
     for i in range(len(words)):
         for n in range(1, max_n + 1):
@@ -80,6 +110,9 @@ TEXTS = [
     "no late gadolinium enhancement",
     "NO LATE GADOLINIUM ENHANCEMENT",
     "Late gadolinium enhancement is present.",
+    "No CMR evidence of cardiomyopathy, myocarditis or prior infarction; LGE elsewhere.",
+    "Without scar: normal. However not dilated but mildly impaired\nno\nLGE",
+    "not not no absent absence negative none without one two three four five six seven eight nine ten",
     "LVEF 32%. Severely dilated left ventricle with global hypokinesis.",
     "Normal LV size and function (LVEF 61%). No LGE.",
     "Asymmetric septal hypertrophy, max wall thickness 21 mm; patchy mid-wall LGE.",
@@ -134,6 +167,9 @@ def golden():
     assert ngram_ids(b"") == [] and ngram_ids(b" .,") == []
     assert len(ngram_ids(b"a b c d")) == 4 + 3 + 2
     assert ngram_ids(b"No LGE", 16384) == ngram_ids(b"no   lge", 16384)
+    assert marked_words(b"no late gadolinium enhancement. lge") == [b"no", b"~late", b"~gadolinium",
+                                                                     b"~enhancement", b"lge"]
+    assert marked_words(b"no scar but lge") == [b"no", b"~scar", b"but", b"lge"]
     assert len(ngram_ids(LONG.encode())) == 3 * 512 - 3
     assert ngram_ids(b"a b", 1 << 20)[1] == fnv1a64(b"a b") % (1 << 20)
     return {"texts": [t.hex() for t in texts], "cases": cases,
