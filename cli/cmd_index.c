@@ -88,9 +88,14 @@ static int print_summary(cmr_cli *cli, const char *db, const cmr_ingest_summary 
             fprintf(o, "  %s: %s\n", s->skips[i].what, s->skips[i].reason);
     }
     if (s->n_issues) {
+        /* Skips are all shown; notes (gaps, dates, ...) can be one per study
+         * of a large archive: the first ones, and the rest with --json. */
+        enum { SHOWN = 20 };
         fprintf(o, "notes (%zu):\n", s->n_issues);
-        for (size_t i = 0; i < s->n_issues; i++)
+        for (size_t i = 0; i < s->n_issues && i < SHOWN; i++)
             fprintf(o, "  %s\n", s->issues[i]);
+        if (s->n_issues > SHOWN)
+            fprintf(o, "  ... and %zu more (--json lists every note)\n", s->n_issues - SHOWN);
     }
     return 0;
 }
