@@ -117,22 +117,9 @@ static void fixture_close(fixture *x)
     cmr_st_close(x->f);
 }
 
-static double rel_error(const float *got, const float *want, size_t n)
-{
-    double mx = 0, err = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(got[i]))
-            return INFINITY;
-        mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
-        double e = fabs((double)got[i] - want[i]);
-        err = e > err ? e : err;
-    }
-    return mx > 0 ? err / mx : err;
-}
-
 static void expect_close(const char *what, const float *got, const float *want, size_t n, double tol)
 {
-    double e = rel_error(got, want, n);
+    double e = test_rel_error(got, want, n);
     printf("    %-26s %9zu values  max rel error %.2e\n", what, n, e);
     if (!(e <= tol))
         fail_msg("%s: max relative error %.3g > %.0e", what, e, tol);

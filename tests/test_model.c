@@ -75,22 +75,9 @@ static int64_t int_at(const cmr_st_tensor *t, size_t i)
     return 0;
 }
 
-static double rel_error(const float *got, const float *want, size_t n)
-{
-    double mx = 0, err = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(got[i]))
-            return INFINITY;
-        mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
-        double e = fabs((double)got[i] - want[i]);
-        err = e > err ? e : err;
-    }
-    return mx > 0 ? err / mx : err;
-}
-
 static void expect_close(const char *what, const float *got, const float *want, size_t n)
 {
-    double e = rel_error(got, want, n);
+    double e = test_rel_error(got, want, n);
     worst = e > worst ? e : worst;
     if (!(e <= TOL))
         fail_msg("%s: max relative error %.3g > %.0e", what, e, TOL);

@@ -27,6 +27,22 @@ static inline float test_gauss(uint64_t *state)
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+/* max |got - want| / max |want| over a tensor: the parity metric of the
+ * model tests (an element-wise relative error is meaningless for values
+ * that cancel to ~0).  Infinity if got has a NaN or an infinity. */
+static inline double test_rel_error(const float *got, const float *want, size_t n)
+{
+    double mx = 0, err = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i]))
+            return INFINITY;
+        mx = fabs(want[i]) > mx ? fabs(want[i]) : mx;
+        double e = fabs((double)got[i] - want[i]);
+        err = e > err ? e : err;
+    }
+    return mx > 0 ? err / mx : err;
+}
+
 static inline char *test_tmpdir(void)
 {
     char tmpl[] = "/tmp/cmrtest-XXXXXX";
