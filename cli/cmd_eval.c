@@ -633,8 +633,17 @@ static int open_model(eval_ctx *e, cmr_store *store, cmr_model **m)
     if (dim == 0)
         return cmr_fail(CMR_ENOTFOUND, "%s holds no vectors yet: nothing to evaluate", e->db);
     e->dim = dim;
-    if (!e->model_path)
-        return 0;
+    if (!e->model_path) {
+        /* $CMRSEARCH_MODEL or the default model, when it is the store's;
+         * another model only means no zero-shot part, not a failure. */
+        int rc = cmr_cli_open_model(NULL, store, 0, m);
+        if (rc == CMR_EMODEL || rc == CMR_ENOTFOUND) {
+            cmr_clear_error();
+            *m = NULL;
+            return 0;
+        }
+        return rc;
+    }
     int rc = cmr_model_open(e->model_path, m);
     if (rc)
         return rc;
@@ -678,8 +687,8 @@ static int evaluate(eval_ctx *e, cmr_store *store, cmr_model *m, json_t **out)
         note(e, "some labelled studies are not in the store (or have no vectors); "
                 "they are left out");
     if (!m)
-        note(e, "no --model: zero-shot diagnosis and findings need prompts embedded by the "
-                "store's model and are skipped");
+        note(e, "no model (--model, $CMRSEARCH_MODEL or the default) is the store's: zero-shot "
+                "diagnosis and findings need prompts embedded by the store's model and are skipped");
     else if (!e->lab.have_findings)
         note(e, "finding labels come only from a truth.json: zero-shot findings are skipped");
     if (!(doc = header_json(e, store, m)))

@@ -42,7 +42,6 @@ $bin search --db "$demo/db" --case 7 -k 5 --where 'date >= 2015-01-01'
 
 say "cmrsearch eval: the model against the archive's ground truth (truth.json)"
 $bin eval --db "$demo/db" --labels "$demo/archive/truth.json" --html "$demo/eval.html"
-echo "HTML report: $demo/eval.html"
 
 say "The store at scale: 20,000 synthetic cases, case -> case with filters"
 build/bench/cmr-synth-vectors --out "$demo/vectors" --n 20000 --seed 7

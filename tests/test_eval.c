@@ -470,7 +470,7 @@ static void test_eval_without_model(void **state)
     const json_t *shot16 = json_array_get(path(d, "few_shot", "shots"), 4);
     assert_int_equal(json_integer_value(json_object_get(shot16, "episodes")), 0);
     assert_null(json_object_get(d, "zero_shot"));
-    assert_contains(json_string_value(json_array_get(json_object_get(d, "notes"), 0)), "no --model");
+    assert_contains(json_string_value(json_array_get(json_object_get(d, "notes"), 0)), "no model (--model");
 
     /* exclude same patient: still well separated */
     assert_int_equal(run_eval(f, "--db", f->db, "--json", "--exclude-same-patient", "-k", "5",
