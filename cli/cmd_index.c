@@ -121,10 +121,14 @@ static int embed_with_model(void *user, const float *tensor, const cmr_tensor_in
 
 int cmr_cli_input_spec(const cmr_model *m, cmr_input_spec *spec)
 {
-    const cmr_model_input *in = cmr_model_input_spec(m);
+    return cmr_cli_spec_from(cmr_model_input_spec(m), cmr_model_name(m), spec);
+}
+
+int cmr_cli_spec_from(const cmr_model_input *in, const char *model_name, cmr_input_spec *spec)
+{
     if (strcmp(in->recipe, "cmrclip") != 0)
         return cmr_fail(CMR_EUNSUPPORTED, "model %s wants input recipe \"%s\", which this build cannot make",
-                        cmr_model_name(m), in->recipe);
+                        model_name, in->recipe);
     /* The published recipe, scaled to the model's frame size: resize 256 →
      * crop 224 becomes resize round(size * 256 / 224) → crop size. */
     cmr_input_spec_cmrclip(spec);

@@ -93,11 +93,13 @@ static int gather(cmr_cli *cli, cmr_store *store, const cmr_model_input *model_i
     cmr_scan_options so = {.threads = threads, .progress = NULL};
     if ((rc = cmr_archive_scan((const char *const *)folders, unique, &so, &archive)))
         goto done;
+    /* Inference's spec (its resize, so its scale), with more frames per
+     * segment and a margin around the crop for augmentation. */
     cmr_input_spec spec;
-    cmr_input_spec_cmrclip(&spec);
+    if ((rc = cmr_cli_spec_from(model_in, "being trained", &spec)))
+        goto done;
     spec.frames = model_in->frames * CMR_TRAIN_CANDIDATES;
     spec.size = model_in->size + CMR_TRAIN_MARGIN;
-    spec.resize = (model_in->size * 256 + 112) / 224;
     spec.channels = 1;
     for (int c = 0; c < 3; c++) {
         spec.mean[c] = 0; /* the cache keeps [0, 1] grey; the trainer normalises */

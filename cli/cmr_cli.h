@@ -91,6 +91,9 @@ const char *cmr_cli_default_model(void);
  * from.  Not required and nothing found: 0 with *out NULL. */
 int cmr_cli_open_model(const char *explicit_dir, cmr_store *store, int required, struct cmr_model **out);
 int cmr_cli_input_spec(const struct cmr_model *m, cmr_input_spec *spec);
+/* The same from a declared input (model_name only names it in errors). */
+struct cmr_model_input;
+int cmr_cli_spec_from(const struct cmr_model_input *in, const char *model_name, cmr_input_spec *spec);
 
 int cmr_cmd_init(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_index(cmr_cli *cli, int argc, char **argv);

@@ -98,8 +98,7 @@ static float gauss(uint64_t *s)
 
 /* He-uniform for layers followed by ReLU, PyTorch's default bound for the
  * projections, N(0, 1) embedding rows, zero biases. */
-static void init_params(const cmr_compact_config *c, const cmr_compact_layout *l, float *p, float temperature,
-                        uint64_t seed)
+static void init_params(const cmr_compact_layout *l, float *p, float temperature, uint64_t seed)
 {
     for (size_t i = 0; i < l->n_tensors; i++) {
         const cmr_compact_tensor *t = &l->tensors[i];
@@ -119,7 +118,6 @@ static void init_params(const cmr_compact_config *c, const cmr_compact_layout *l
                 w[k] = (float)((2 * uniform(&s) - 1) * bound);
         }
     }
-    (void)c;
 }
 
 int cmr_train_input(const cmr_train_options *o, cmr_model_input *input)
@@ -217,6 +215,25 @@ static void make_video(const train_data *d, size_t i, int augment, uint64_t rng,
     }
 }
 
+/* The listed texts' n-gram ids, concatenated into *ids (grown as needed),
+ * with offsets[m + 1] into them: a batch for cmr_compact_text_forward. */
+static int batch_texts(const train_data *d, const size_t *idx, size_t m, uint32_t **ids, size_t *offsets)
+{
+    size_t total = 0;
+    for (size_t k = 0; k < m; k++) {
+        offsets[k] = total;
+        total += d->text_start[idx[k] + 1] - d->text_start[idx[k]];
+    }
+    offsets[m] = total;
+    uint32_t *grown = realloc(*ids, (total ? total : 1) * sizeof **ids);
+    if (!grown)
+        return cmr_fail(CMR_ENOMEM, "out of memory");
+    *ids = grown;
+    for (size_t k = 0; k < m; k++)
+        memcpy(grown + offsets[k], d->ids + d->text_start[idx[k]], (offsets[k + 1] - offsets[k]) * sizeof *grown);
+    return 0;
+}
+
 /* ---- validation -------------------------------------------------------------------- */
 
 /* L2-normalised image and text embeddings of the listed samples. */
@@ -232,24 +249,12 @@ static int embed_all(const train_data *d, const float *params, const size_t *idx
     if (!video)
         return cmr_fail(CMR_ENOMEM, "out of memory");
     for (size_t b = 0; b < n && rc == 0; b += CHUNK) {
-        size_t m = n - b < CHUNK ? n - b : CHUNK, total = 0;
+        size_t m = n - b < CHUNK ? n - b : CHUNK;
 #pragma omp parallel for
         for (size_t k = 0; k < m; k++)
             make_video(d, idx[b + k], 0, 0, video + k * per);
-        for (size_t k = 0; k < m; k++) {
-            offsets[k] = total;
-            total += d->text_start[idx[b + k] + 1] - d->text_start[idx[b + k]];
-        }
-        offsets[m] = total;
-        uint32_t *grown = realloc(ids, (total ? total : 1) * sizeof *ids);
-        if (!grown) {
-            rc = cmr_fail(CMR_ENOMEM, "out of memory");
-            break;
-        }
-        ids = grown;
-        for (size_t k = 0; k < m; k++)
-            memcpy(ids + offsets[k], d->ids + d->text_start[idx[b + k]], (offsets[k + 1] - offsets[k]) * sizeof *ids);
-        if ((rc = cmr_compact_video_forward(c, params, video, (int)m, img + b * E, NULL)) == 0)
+        if ((rc = batch_texts(d, idx + b, m, &ids, offsets)) == 0 &&
+            (rc = cmr_compact_video_forward(c, params, video, (int)m, img + b * E, NULL)) == 0)
             rc = cmr_compact_text_forward(c, params, ids, offsets, (int)m, txt + b * E, NULL);
     }
     for (size_t i = 0; rc == 0 && i < n; i++) {
@@ -464,7 +469,7 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
     if (!s.params && !(s.params = malloc(s.total * sizeof *s.params)))
         goto nomem;
     if (!o.init)
-        init_params(&c, &layout, s.params, o.temperature, o.seed);
+        init_params(&layout, s.params, o.temperature, o.seed);
     if (!(s.best = malloc(s.total * sizeof *s.best)) || !(s.m = calloc(s.total, sizeof *s.m)) ||
         !(s.v = calloc(s.total, sizeof *s.v)) || !(grads = malloc(s.total * sizeof *grads)) ||
         !(mask = calloc(s.total, 1)) || !(video = malloc(B * per * sizeof *video)) ||
@@ -505,20 +510,8 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
 #pragma omp parallel for
             for (size_t k = 0; k < m; k++)
                 make_video(&d, order[first + k], 1, stream(o.seed, epoch, order[first + k]), video + k * per);
-            size_t total = 0;
-            for (size_t k = 0; k < m; k++) {
-                offsets[k] = total;
-                total += d.text_start[order[first + k] + 1] - d.text_start[order[first + k]];
-            }
-            offsets[m] = total;
-            uint32_t *grown = realloc(ids, (total ? total : 1) * sizeof *ids);
-            if (!grown)
-                goto nomem;
-            ids = grown;
-            for (size_t k = 0; k < m; k++)
-                memcpy(ids + offsets[k], d.ids + d.text_start[order[first + k]],
-                       (offsets[k + 1] - offsets[k]) * sizeof *ids);
-            if ((rc = cmr_compact_video_forward(&c, s.params, video, (int)m, img, &vcache)) < 0 ||
+            if ((rc = batch_texts(&d, order + first, m, &ids, offsets)) < 0 ||
+                (rc = cmr_compact_video_forward(&c, s.params, video, (int)m, img, &vcache)) < 0 ||
                 (rc = cmr_compact_text_forward(&c, s.params, ids, offsets, (int)m, txt, &tcache)) < 0)
                 goto done;
             float d_ls = 0;
