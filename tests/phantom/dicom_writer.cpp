@@ -22,6 +22,7 @@
 #include <dcmtk/oflog/oflog.h>
 
 #include "cmr_error.h"
+#include "jpegls.h"
 
 const char *const cmr_dcm_ts_name[CMR_TS_COUNT] = {"explicit-le", "implicit-le", "jpeg-lossless", "jpeg-ls-lossless",
                                                    "rle"};
@@ -208,7 +209,76 @@ static void zero_fragment_pads(DcmDataset *ds, E_TransferSyntax xfer, const DcmR
     }
 }
 
-extern "C" int cmr_dcm_save(cmr_dcm *d, const char *path, int ts, size_t *bytes)
+/* JPEG-LS lossless with the phantom's encoder, framed as DCMTK frames it
+ * (offset table, one fragment per frame, odd fragments padded with a zero),
+ * so the file is byte-identical to what DCMTK's cooked encoder writes,
+ * without its per-image DicomImage (overlay searches, copies) and CharLS. */
+static int encode_jls(DcmDataset *ds, const char *path, bool *done)
+{
+    *done = false;
+    Uint16 rows = 0, cols = 0, bits = 0, alloc = 0, spp = 1, rep = 0;
+    Sint32 frames = 1;
+    if (ds->findAndGetUint16(DCM_Rows, rows).bad() || ds->findAndGetUint16(DCM_Columns, cols).bad() ||
+        ds->findAndGetUint16(DCM_BitsStored, bits).bad() || ds->findAndGetUint16(DCM_BitsAllocated, alloc).bad())
+        return cmr_fail(CMR_EFORMAT, "%s: JPEG-LS needs Rows, Columns, Bits Stored and Bits Allocated", path);
+    ds->findAndGetUint16(DCM_SamplesPerPixel, spp);
+    ds->findAndGetUint16(DCM_PixelRepresentation, rep);
+    if (ds->findAndGetSint32(DCM_NumberOfFrames, frames).bad() || frames < 1)
+        frames = 1;
+    /* Anything else (never written by the phantom) is DCMTK's: at 8 bits
+     * and below its cooked encoder also rewrites Bits Allocated. */
+    if (alloc != 16 || spp != 1 || rep != 0 || bits <= 8 || bits > 16)
+        return 0;
+    DcmElement *el = nullptr;
+    const Uint16 *px = nullptr;
+    unsigned long count = 0;
+    size_t npx = (size_t)rows * cols;
+    if (ds->findAndGetElement(DCM_PixelData, el).bad() || !el || ds->findAndGetUint16Array(DCM_PixelData, px, &count).bad() ||
+        !px || count < npx * (size_t)frames)
+        return cmr_fail(CMR_EFORMAT, "%s: pixel data shorter than %ux%u x %d frames", path, cols, rows, (int)frames);
+    std::vector<Uint8> buf;
+    DcmPixelSequence *seq = new (std::nothrow) DcmPixelSequence(DcmTag(DCM_PixelData, EVR_OB));
+    DcmPixelItem *table = new (std::nothrow) DcmPixelItem(DcmTag(DCM_Item, EVR_OB));
+    if (!seq || !table) {
+        delete seq;
+        delete table;
+        return cmr_fail(CMR_ENOMEM, "%s: out of memory", path);
+    }
+    seq->insert(table);
+    DcmOffsetList offsets;
+    OFCondition c = EC_Normal;
+    try {
+        buf.resize(cmr_jls_bound(cols, rows, bits) + 1);
+    } catch (const std::bad_alloc &) {
+        delete seq;
+        return cmr_fail(CMR_ENOMEM, "%s: out of memory", path);
+    }
+    for (Sint32 f = 0; f < frames; f++) {
+        size_t len = 0;
+        int rc = cmr_jls_encode(px + npx * (size_t)f, cols, rows, bits, buf.data(), buf.size(), &len);
+        if (rc) {
+            delete seq;
+            return cmr_fail_context(rc, "%s: frame %d: ", path, (int)f + 1);
+        }
+        if (len % 2)
+            buf[len++] = 0;
+        c = seq->storeCompressedFrame(offsets, buf.data(), (Uint32)len, 0);
+        if (c.bad())
+            break;
+    }
+    if (c.good())
+        c = table->createOffsetTable(offsets);
+    if (c.bad()) {
+        delete seq;
+        return cmr_fail(CMR_ENOMEM, "%s: JPEG-LS pixel sequence: %s", path, c.text());
+    }
+    DJLSRepresentationParameter rp(2, OFTrue);
+    OFstatic_cast(DcmPixelData *, el)->putOriginalRepresentation(EXS_JPEGLSLossless, &rp, seq);
+    *done = true;
+    return 0;
+}
+
+extern "C" int cmr_dcm_save_ex(cmr_dcm *d, const char *path, int ts, unsigned flags, size_t *bytes)
 {
     DcmDataset *ds = d->file.getDataset();
     E_TransferSyntax xfer = EXS_LittleEndianExplicit;
@@ -231,7 +301,16 @@ extern "C" int cmr_dcm_save(cmr_dcm *d, const char *path, int ts, size_t *bytes)
     case CMR_TS_JPEGLS_LOSSLESS: {
         xfer = EXS_JPEGLSLossless;
         rp = &rp_jls;
-        c = ds->chooseRepresentation(xfer, rp);
+        bool own = false;
+        if (!(flags & CMR_DCM_DCMTK_JLS)) {
+            int rc = encode_jls(ds, path, &own);
+            if (rc)
+                return rc;
+        }
+        if (!own) {
+            flags |= CMR_DCM_DCMTK_JLS;
+            c = ds->chooseRepresentation(xfer, rp);
+        }
         break;
     }
     case CMR_TS_RLE:
@@ -243,7 +322,7 @@ extern "C" int cmr_dcm_save(cmr_dcm *d, const char *path, int ts, size_t *bytes)
     }
     if (c.bad() || !ds->canWriteXfer(xfer))
         return cmr_fail(CMR_EFORMAT, "%s: cannot encode as %s: %s", path, cmr_dcm_ts_name[ts], c.text());
-    if (ts == CMR_TS_JPEGLS_LOSSLESS || ts == CMR_TS_JPEG_LOSSLESS)
+    if (ts == CMR_TS_JPEG_LOSSLESS || (ts == CMR_TS_JPEGLS_LOSSLESS && (flags & CMR_DCM_DCMTK_JLS)))
         zero_fragment_pads(ds, xfer, rp);
     c = d->file.saveFile(path, xfer, EET_ExplicitLength, EGL_recalcGL, EPD_noChange, 0, 0, EWM_createNewMeta);
     if (c.bad())
@@ -253,6 +332,11 @@ extern "C" int cmr_dcm_save(cmr_dcm *d, const char *path, int ts, size_t *bytes)
         *bytes = stat(path, &sb) == 0 && sb.st_size > 0 ? (size_t)sb.st_size : 0;
     }
     return 0;
+}
+
+extern "C" int cmr_dcm_save(cmr_dcm *d, const char *path, int ts, size_t *bytes)
+{
+    return cmr_dcm_save_ex(d, path, ts, 0, bytes);
 }
 
 extern "C" int cmr_dcm_load(const char *path, cmr_dcm **out)

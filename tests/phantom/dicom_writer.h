@@ -57,9 +57,17 @@ int cmr_dcm_seq_end(cmr_dcm *d);
 /* Sets 16-bit pixel data (OW): count = rows * cols * frames. */
 int cmr_dcm_pixels16(cmr_dcm *d, const uint16_t *px, size_t count);
 
-/* Writes a Part 10 file; compressed syntaxes go through DCMTK's codecs.
- * On return *bytes holds the file size when bytes is not NULL. */
+/* Writes a Part 10 file; JPEG-LS of 9-16 bit monochrome goes through the
+ * phantom's own encoder (jpegls.h: the same bytes as DCMTK's at a fraction
+ * of the cost, see docs/phantom.md), everything else through DCMTK.
+ * On return *bytes holds the file size when bytes is not NULL.  JPEG-LS
+ * replaces the dataset's uncompressed pixel data by the encoded frames. */
 int cmr_dcm_save(cmr_dcm *d, const char *path, int ts, size_t *bytes);
+
+/* cmr_dcm_save with flags: CMR_DCM_DCMTK_JLS encodes JPEG-LS with DCMTK's
+ * codec instead (the reference the tests compare the own encoder with). */
+enum { CMR_DCM_DCMTK_JLS = 1 };
+int cmr_dcm_save_ex(cmr_dcm *d, const char *path, int ts, unsigned flags, size_t *bytes);
 
 /* Reading, for tests: loads a file and decompresses pixel data if needed. */
 int cmr_dcm_load(const char *path, cmr_dcm **out);

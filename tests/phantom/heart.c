@@ -384,10 +384,13 @@ static void compute_bounds(cmr_heart *h)
 {
     const cmr_heart_params *p = &h->p;
     double R = p->R_ed, L = p->L_ed, sc = p->rv_scale, la = p->la_scale * 1.12, ra = p->ra_scale * 1.12;
-    double tmax = 0;
+    double tmax = 0, mmax = 0;
     for (int i = 0; i < CMR_NT; i++)
-        for (int j = 0; j < CMR_NZ; j++)
+        for (int j = 0; j < CMR_NZ; j++) {
             tmax = fmax(tmax, h->thick[i][j]);
+            mmax = fmax(mmax, fabs(h->motion[i][j]));
+        }
+    h->motion_max = (float)mmax;
     double halo = 3.5 * p->fat_mm + p->effusion_mm + 8;
     double au = (0.5 * R + h->t_sept + 19) * sc * (1 + 2.2 * p->rv_bulge), av = (0.9 * R + 15) * sc;
     double u_rv = -0.6 * R - au - p->rv_wall;

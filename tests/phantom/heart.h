@@ -91,6 +91,7 @@ typedef struct cmr_heart {
     float lv_reach;              /* radius beyond which the LV cannot paint */
     float t_sept;                /* mid septal ED thickness */
     float lv_max_r;              /* largest epicardial radius in any phase */
+    float motion_max;            /* largest |motion| in the table (papillary culling) */
 } cmr_heart;
 
 /* Per-phase motion state, derived from time t in [0,1) of the RR interval. */

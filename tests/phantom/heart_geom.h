@@ -11,7 +11,17 @@
 static inline float maxf(float a, float b) { return a > b ? a : b; }
 static inline float minf(float a, float b) { return a < b ? a : b; }
 static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
-static inline float alpha_of(float d, float soft) { return clampf(0.5f - d / soft, 0.f, 1.f); }
+/* Coverage of an edge at signed distance d (soft > 0).  At |d| >= soft the
+ * clamp makes it exactly 0 or 1 whatever the quotient rounds to, so the
+ * division (most of the model's cost) is only paid near an edge. */
+static inline float alpha_of(float d, float soft)
+{
+    if (d >= soft)
+        return 0.f;
+    if (d <= -soft)
+        return 1.f;
+    return clampf(0.5f - d / soft, 0.f, 1.f);
+}
 static inline float paint(float I, float a, float v) { return I + a * (v - I); }
 
 /* atan2 to ~1e-4 rad: the tables it indexes are coarser than that. */

@@ -4,6 +4,9 @@
 
 #include "heart_geom.h"
 
+/* The d of an ellipsoid too far to matter: every alpha of it is 0. */
+#define FAR 1e30f
+
 float cmr_heart_lv_blood(const cmr_heart *h, const cmr_heart_phase *ph, const double q[3])
 {
     lv_geom g;
@@ -32,6 +35,14 @@ static inline float papillary_alpha(const cmr_heart *h, const cmr_heart_phase *p
 {
     if (g->z > -0.18f || g->z < -0.9f)
         return 0;
+    /* The muscles' centres lie within 0.74 |endo| of the axis and their
+     * radius is at most the untapered one: beyond that, both alphas are 0. */
+    float ca = (float)(ph->c * h->p.a_contract);
+    float kmax = 1.0f + (ca < 0 ? -ca : ca) * h->motion_max;
+    float rad_max = 0.12f * (float)h->p.R_ed * (1 + 0.4f * fabsf((float)ph->c)) + 0.06f * (float)h->p.wall_mm;
+    float reach = 0.74f * (float)h->p.R_ed * sqrtf(maxf(0.f, 1 - g->z * g->z)) * kmax + rad_max + 0.5f * soft + 1;
+    if (g->r > reach)
+        return 0;
     static const float pth[2] = {0.72f, -1.95f};
     float taper = sinf((float)M_PI * (g->z + 0.9f) / 0.72f);
     float best = 0;
@@ -56,7 +67,11 @@ float cmr_heart_paint(const cmr_heart *h, const cmr_heart_phase *ph, const doubl
     const cmr_heart_params *p = &h->p;
     lv_geom g = {0};
     float rr0 = (float)(q[0] * q[0] + q[1] * q[1]);
-    int lv_far = rr0 > h->lv_reach * h->lv_reach;
+    /* Far from the LV's axis, or so far above the base that every LV alpha
+     * is 0 and the envelope's max(d_epi, ws - 4) exceeds its reach whatever
+     * d_epi is: the LV need not be evaluated (bit-identical either way). */
+    float env_reach = (float)p->effusion_mm + 4.1f * (float)p->fat_mm + 2 + soft + 1;
+    int lv_far = rr0 > h->lv_reach * h->lv_reach || (float)(q[2] - ph->wc) > env_reach + 4;
     if (lv_far) {
         /* Only the envelope needs a distance here, and a lower bound will do. */
         g.r = sqrtf(rr0);
@@ -67,14 +82,29 @@ float cmr_heart_paint(const cmr_heart *h, const cmr_heart_phase *ph, const doubl
     } else {
         lv_eval(h, ph, q, &g);
     }
+    /* Ellipsoids are evaluated only within a bounding sphere of what they
+     * can change: ell_eval's d is at least the distance from the centre
+     * minus the largest semi-axis, so beyond the sphere every alpha they
+     * feed is exactly 0 and skipping them leaves the pixel bit-identical
+     * (a far ellipsoid gets d = FAR).  Most pixels of the heart's box are
+     * outside the atria, and many outside the RV. */
+    float qu = (float)q[0], qv = (float)q[1], qw = (float)q[2];
     rv_shape rs;
     rv_at(h, ph, &rs);
-    ell_geom rv_in, rv_out;
-    rv_eval(h, ph, &rs, q, 0, &rv_in);
-    rv_eval(h, ph, &rs, q, (float)p->rv_wall, &rv_out);
+    ell_geom rv_in = {FAR, 0, 0}, rv_out = rv_in;
+    {
+        /* The RV also bounds the pericardial envelope: reach its widest. */
+        float gb = 1.0f + (float)(ph->c_rv * p->rv_bulge) * 2.2f, w = (float)p->rv_wall;
+        float rv_ax = maxf((rs.au + w) * (gb > 1 ? gb : 1), maxf(rs.av + w, rs.aw + w));
+        float reach = rv_ax + (float)p->effusion_mm + 4.1f * (float)p->fat_mm + 2 + soft + 1;
+        float du = qu - rs.u0, dv = qv - rs.v0, dw = qw - rs.w0;
+        if (du * du + dv * dv + dw * dw < reach * reach) {
+            rv_eval(h, ph, &rs, q, 0, &rv_in);
+            rv_eval(h, ph, &rs, q, (float)p->rv_wall, &rv_out);
+        }
+    }
 
     /* Atria and aortic root ride on the descending base. */
-    float qu = (float)q[0], qv = (float)q[1], qw = (float)q[2];
     float la_s = (float)(p->la_scale * ph->la_k), ra_s = (float)(p->ra_scale * ph->ra_k);
     float R = (float)p->R_ed, wc = (float)ph->wc;
     ell_geom la = {0, 0, 0}, la_o = la, ra = la, ra_o = la;
@@ -84,10 +114,22 @@ float cmr_heart_paint(const cmr_heart *h, const cmr_heart_phase *ph, const doubl
     float ra_u = -(R + 18) - 8 * (ra_s - 1), ra_v = -0.25f * R, ra_w = wc + ra_aw * 0.85f;
     float atria_cut = alpha_of(-(qw - wc) - 2, soft); /* atria live above the base: skip them below */
     if (atria_cut > 0) {
-        ell_eval(qu - la_u, qv - la_v, qw - la_w, 22 * la_s, 19 * la_s, la_aw, &la);
-        ell_eval(qu - la_u, qv - la_v, qw - la_w, 22 * la_s + 2, 19 * la_s + 2, la_aw + 2, &la_o);
-        ell_eval(qu - ra_u, qv - ra_v, qw - ra_w, 21 * ra_s, 19 * ra_s, ra_aw, &ra);
-        ell_eval(qu - ra_u, qv - ra_v, qw - ra_w, 21 * ra_s + 2, 19 * ra_s + 2, ra_aw + 2, &ra_o);
+        float du = qu - la_u, dv = qv - la_v, dw = qw - la_w;
+        float reach = maxf(22 * la_s, la_aw) + 2 + 0.5f * soft + 1;
+        if (du * du + dv * dv + dw * dw < reach * reach) {
+            ell_eval(qu - la_u, qv - la_v, qw - la_w, 22 * la_s, 19 * la_s, la_aw, &la);
+            ell_eval(qu - la_u, qv - la_v, qw - la_w, 22 * la_s + 2, 19 * la_s + 2, la_aw + 2, &la_o);
+        } else {
+            la.d = la_o.d = FAR;
+        }
+        du = qu - ra_u, dv = qv - ra_v, dw = qw - ra_w;
+        reach = maxf(21 * ra_s, ra_aw) + 2 + 0.5f * soft + 1;
+        if (du * du + dv * dv + dw * dw < reach * reach) {
+            ell_eval(qu - ra_u, qv - ra_v, qw - ra_w, 21 * ra_s, 19 * ra_s, ra_aw, &ra);
+            ell_eval(qu - ra_u, qv - ra_v, qw - ra_w, 21 * ra_s + 2, 19 * ra_s + 2, ra_aw + 2, &ra_o);
+        } else {
+            ra.d = ra_o.d = FAR;
+        }
     }
 
     /* Aortic root: a cylinder leaving the base anteroseptally. */

@@ -42,7 +42,17 @@ static const float body_tab[CMR_C_COUNT][B_COUNT] = {
 };
 
 static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
-static inline float alpha_of(float d, float soft) { return clampf(0.5f - d / soft, 0.f, 1.f); }
+/* Coverage of an edge at signed distance d (soft > 0).  At |d| >= soft the
+ * clamp makes it exactly 0 or 1 whatever the quotient rounds to, so the
+ * division (most of the model's cost) is only paid near an edge. */
+static inline float alpha_of(float d, float soft)
+{
+    if (d >= soft)
+        return 0.f;
+    if (d <= -soft)
+        return 1.f;
+    return clampf(0.5f - d / soft, 0.f, 1.f);
+}
 static inline float paint(float I, float a, float v) { return I + a * (v - I); }
 
 void cmr_body_draw(cmr_rng *r, double bs, const cmr_heart_params *hp, cmr_body *b)
@@ -368,62 +378,95 @@ int cmr_render(const cmr_scene *sc, const cmr_plane *pl, const cmr_render_opts *
         for (size_t k = 0; k < npx; k++)
             cmr_rng_fast_normal2(r, ns_sigma, &n1[k], &n2[k]);
     }
+    /* Row-wise passes over copies of the unsmoothed neighbours (the same
+     * sums in the same order as a running prev/cur/next): they vectorise. */
+    int cols = pl->cols, rows = pl->rows;
+    float *tmp = malloc(sizeof(float) * (size_t)cols * 3 + sizeof(float) * 2 * (size_t)cols);
+    if (!tmp) {
+        free(nz);
+        return cmr_fail(CMR_ENOMEM, "render: out of memory");
+    }
+    float *t0 = tmp, *above = tmp + cols, *saved = tmp + 2 * (size_t)cols;
+    float *wi_col = tmp + 3 * (size_t)cols;
+    int *i0_col = (int *)(wi_col + cols);
     for (int c = 0; c < 2; c++) {
         float *f = nz + (size_t)c * npx;
-        for (int j = 0; j < pl->rows; j++) {
-            float *row = f + (size_t)j * pl->cols, prev = row[0];
-            for (int i = 0; i < pl->cols; i++) {
-                float cur = row[i], next = i + 1 < pl->cols ? row[i + 1] : cur;
-                row[i] = 0.25f * (prev + 2 * cur + next);
-                prev = cur;
-            }
+        for (int j = 0; j < rows; j++) {
+            float *row = f + (size_t)j * cols;
+            memcpy(t0, row, sizeof(float) * (size_t)cols);
+            row[0] = 0.25f * (t0[0] + 2 * t0[0] + (cols > 1 ? t0[1] : t0[0]));
+            for (int i = 1; i < cols - 1; i++)
+                row[i] = 0.25f * (t0[i - 1] + 2 * t0[i] + t0[i + 1]);
+            if (cols > 1)
+                row[cols - 1] = 0.25f * (t0[cols - 2] + 2 * t0[cols - 1] + t0[cols - 1]);
         }
-        for (int i = 0; i < pl->cols; i++) {
-            float prev = f[i];
-            for (int j = 0; j < pl->rows; j++) {
-                float cur = f[(size_t)j * pl->cols + i];
-                float next = j + 1 < pl->rows ? f[(size_t)(j + 1) * pl->cols + i] : cur;
-                f[(size_t)j * pl->cols + i] = 0.25f * (prev + 2 * cur + next);
-                prev = cur;
-            }
+        memcpy(above, f, sizeof(float) * (size_t)cols);
+        for (int j = 0; j < rows; j++) {
+            float *row = f + (size_t)j * cols;
+            const float *below = j + 1 < rows ? f + (size_t)(j + 1) * cols : saved;
+            memcpy(saved, row, sizeof(float) * (size_t)cols);
+            for (int i = 0; i < cols; i++)
+                row[i] = 0.25f * (above[i] + 2 * saved[i] + below[i]);
+            float *t = above;
+            above = saved;
+            saved = t;
         }
     }
-    for (int j = 0; j < pl->rows; j++) {
-        float fj = (float)j / (pl->rows - 1) * (G - 1);
+    /* The bias grid's column and weight per pixel column, once per image. */
+    for (int i = 0; i < cols; i++) {
+        float fi = (float)i / (cols - 1) * (G - 1);
+        int i0 = (int)fi;
+        if (i0 >= G - 1)
+            i0 = G - 2;
+        i0_col[i] = i0;
+        wi_col[i] = fi - i0;
+    }
+    float *brow = t0, *arow = above;
+    for (int j = 0; j < rows; j++) {
+        float fj = (float)j / (rows - 1) * (G - 1);
         int j0 = (int)fj;
         if (j0 >= G - 1)
             j0 = G - 2;
         float wj = fj - j0;
-        const float *src = buf + (size_t)j * pl->cols;
+        const float *src = buf + (size_t)j * cols;
         const float *gsrc = NULL;
         if (o->ghost > 0) {
-            int gj = ((j + o->ghost_rows) % pl->rows + pl->rows) % pl->rows;
-            gsrc = buf + (size_t)gj * pl->cols;
+            int gj = ((j + o->ghost_rows) % rows + rows) % rows;
+            gsrc = buf + (size_t)gj * cols;
         }
-        for (int i = 0; i < pl->cols; i++) {
-            float fi = (float)i / (pl->cols - 1) * (G - 1);
-            int i0 = (int)fi;
-            if (i0 >= G - 1)
-                i0 = G - 2;
-            float wi = fi - i0;
-            float b = (bias[j0][i0] * (1 - wi) + bias[j0][i0 + 1] * wi) * (1 - wj) +
+        for (int i = 0; i < cols; i++) {
+            int i0 = i0_col[i];
+            float wi = wi_col[i];
+            brow[i] = (bias[j0][i0] * (1 - wi) + bias[j0][i0 + 1] * wi) * (1 - wj) +
                       (bias[j0 + 1][i0] * (1 - wi) + bias[j0 + 1][i0 + 1] * wi) * wj;
-            float a = src[i];
-            if (gsrc)
-                a += (float)o->ghost * gsrc[i];
-            a *= b * scale;
-            size_t k = (size_t)j * pl->cols + i;
-            float v;
-            if (signed_img) {
-                v = offs + a + n1[k];
-            } else {
-                /* Magnitude images: Rician noise from the complex channels. */
-                v = offs + sqrtf((a + n1[k]) * (a + n1[k]) + n2[k] * n2[k]);
+        }
+        if (gsrc) {
+            float ghost = (float)o->ghost;
+            for (int i = 0; i < cols; i++)
+                arow[i] = (src[i] + ghost * gsrc[i]) * (brow[i] * scale);
+        } else {
+            for (int i = 0; i < cols; i++)
+                arow[i] = src[i] * (brow[i] * scale);
+        }
+        const float *r1 = n1 + (size_t)j * cols, *r2 = n2 + (size_t)j * cols;
+        uint16_t *o16 = out + (size_t)j * cols;
+        if (signed_img) {
+            for (int i = 0; i < cols; i++) {
+                float v = offs + arow[i] + r1[i];
+                v = clampf(v + 0.5f, 0.f, vmax);
+                o16[i] = (uint16_t)v;
             }
-            v = clampf(v + 0.5f, 0.f, vmax);
-            out[k] = (uint16_t)v;
+        } else {
+            /* Magnitude images: Rician noise from the complex channels. */
+            for (int i = 0; i < cols; i++) {
+                float a = arow[i];
+                float v = offs + sqrtf((a + r1[i]) * (a + r1[i]) + r2[i] * r2[i]);
+                v = clampf(v + 0.5f, 0.f, vmax);
+                o16[i] = (uint16_t)v;
+            }
         }
     }
+    free(tmp);
     free(nz);
     return 0;
 }

@@ -1,6 +1,7 @@
 /* Unit tests of the phantom's parts: PRNG, UIDs, the heart model's
- * diagnosis signatures, LGE where the parameters put it, and the DICOM
- * writer's round trip through every transfer syntax. */
+ * diagnosis signatures, LGE where the parameters put it, the DICOM
+ * writer's round trip through every transfer syntax, and the own JPEG-LS
+ * encoder against DCMTK's (same bytes, lossless). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 #include "cmr_error.h"
 #include "dicom_writer.h"
 #include "heart.h"
+#include "jpegls.h"
 #include "phantom.h"
 #include "phantom_rng.h"
 
@@ -218,6 +220,141 @@ static void test_dicom_roundtrip(void **state)
     cmr_dcm_free(d);
 }
 
+/* Writes one MR image (frames x rows x cols at `bits`) and returns the file's
+ * bytes; flags picks the JPEG-LS encoder. */
+static unsigned char *save_jls(const char *path, const uint16_t *px, int rows, int cols, int frames, int bits,
+                               unsigned flags, size_t *size)
+{
+    cmr_dcm *d = NULL;
+    assert_int_equal(cmr_dcm_new(&d), 0);
+    assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0008, 0x0016), "1.2.840.10008.5.1.4.1.1.4"), 0);
+    assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0008, 0x0018), "2.25.99"), 0);
+    assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0002), "1"), 0);
+    assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0004), "MONOCHROME2"), 0);
+    if (frames > 1)
+        assert_int_equal(cmr_dcm_putf(d, CMR_TAG(0x0028, 0x0008), "%d", frames), 0);
+    assert_int_equal(cmr_dcm_putf(d, CMR_TAG(0x0028, 0x0010), "%d", rows), 0);
+    assert_int_equal(cmr_dcm_putf(d, CMR_TAG(0x0028, 0x0011), "%d", cols), 0);
+    assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0100), "16"), 0);
+    assert_int_equal(cmr_dcm_putf(d, CMR_TAG(0x0028, 0x0101), "%d", bits), 0);
+    assert_int_equal(cmr_dcm_putf(d, CMR_TAG(0x0028, 0x0102), "%d", bits - 1), 0);
+    assert_int_equal(cmr_dcm_put(d, CMR_TAG(0x0028, 0x0103), "0"), 0);
+    size_t n = (size_t)rows * (size_t)cols * (size_t)frames;
+    assert_int_equal(cmr_dcm_pixels16(d, px, n), 0);
+    size_t bytes = 0;
+    int rc = cmr_dcm_save_ex(d, path, CMR_TS_JPEGLS_LOSSLESS, flags, &bytes);
+    if (rc)
+        fail_msg("%s (%dx%d, %d bits, flags %u): %s", path, cols, rows, bits, flags, cmr_errmsg());
+    cmr_dcm_free(d);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    unsigned char *buf = malloc(bytes + 1);
+    assert_non_null(buf);
+    *size = fread(buf, 1, bytes + 1, f);
+    fclose(f);
+    assert_int_equal(*size, bytes);
+    /* Whichever encoder wrote it, DCMTK decodes it to the same samples. */
+    assert_int_equal(cmr_dcm_load(path, &d), 0);
+    const uint16_t *back = NULL;
+    size_t m = 0;
+    if (cmr_dcm_get_pixels16(d, &back, &m) != 0)
+        fail_msg("%s (%dx%d, %d bits, flags %u) does not decode: %s", path, cols, rows, bits, flags, cmr_errmsg());
+    if (bits > 8) {
+        assert_int_equal(m, n);
+        assert_memory_equal(back, px, n * sizeof *px);
+    } else {
+        /* DCMTK's encoder made it 8 bits allocated: one byte a sample. */
+        const unsigned char *b8 = (const unsigned char *)back;
+        assert_int_equal(2 * m, n);
+        for (size_t k = 0; k < n; k++)
+            assert_int_equal(b8[k], px[k]);
+    }
+    cmr_dcm_free(d);
+    unlink(path);
+    return buf;
+}
+
+/* The own JPEG-LS encoder writes the very files DCMTK's codec writes, on
+ * images that exercise every path of T.87: regular and run mode, runs to
+ * the end of a line and interrupted ones (both interruption types), escape
+ * codes (uniform noise over the full range), context bias resets over long
+ * images, single rows and columns, odd-length codestreams (zero-padded
+ * fragments), 9 to 16 bits (with the LSE segment above 12), several frames
+ * per object; 8 bits falls back to DCMTK. */
+static void test_jpegls_matches_dcmtk(void **state)
+{
+    (void)state;
+    assert_int_equal(cmr_dcm_global_init(), 0);
+    cmr_rng_init_tables();
+    char dir[] = "/tmp/cmr-phantom-jls-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    static const struct {
+        int rows, cols, frames, bits, kind;
+    } cases[] = {
+        {1, 1, 1, 12, 0},    {1, 37, 1, 12, 1},   {41, 1, 1, 12, 1},   {64, 80, 1, 12, 0},  {64, 80, 1, 12, 1},
+        {64, 80, 1, 12, 2},  {96, 128, 1, 12, 3}, {128, 96, 1, 12, 4}, {160, 192, 1, 12, 3}, {77, 53, 3, 12, 3},
+        {50, 60, 1, 16, 2},  {50, 60, 1, 16, 3},  {50, 60, 1, 9, 2},   {50, 60, 1, 9, 3},    {50, 60, 1, 10, 4},  {50, 60, 1, 8, 3},
+        {50, 60, 1, 13, 3},
+        {200, 256, 2, 12, 4}, {33, 65, 1, 12, 5},
+    };
+    cmr_rng r;
+    cmr_rng_seed(&r, 7, 3);
+    int odd = 0;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int rows = cases[c].rows, cols = cases[c].cols, frames = cases[c].frames, bits = cases[c].bits;
+        int maxv = (1 << bits) - 1;
+        size_t n = (size_t)rows * (size_t)cols * (size_t)frames;
+        uint16_t *px = malloc(n * sizeof *px);
+        assert_non_null(px);
+        for (size_t k = 0; k < n; k++) {
+            int i = (int)(k % (size_t)cols), j = (int)(k / (size_t)cols % (size_t)rows);
+            double v = 0;
+            switch (cases[c].kind) {
+            case 0: v = 100; break;                                            /* flat: runs only */
+            case 1: v = (i / 7 + j / 5) % 3 * 40.0 + (k % 11 == 0 ? 1 : 0); break; /* plateaus, interruptions */
+            case 2: v = (double)(cmr_rng_next(&r) % (uint64_t)(maxv + 1)); break; /* escapes */
+            case 3: /* a bright disc on a dark noisy field, like a magnitude image */
+                v = ((i - cols / 2) * (i - cols / 2) + (j - rows / 2) * (j - rows / 2) < rows * rows / 9 ? 0.6 : 0.05) * maxv +
+                    0.02 * maxv * cmr_rng_fast_normal(&r);
+                break;
+            case 4: v = maxv * (0.5 + 0.5 * sin(i * 0.11) * cos(j * 0.07)) + 3 * cmr_rng_fast_normal(&r); break;
+            case 5: v = (k % 2) ? maxv : 0; break;                             /* extremes: wrap-around errors */
+            }
+            px[k] = (uint16_t)(v < 0 ? 0 : v > maxv ? maxv : v);
+        }
+        char path[128];
+        snprintf(path, sizeof path, "%s/%zu.dcm", dir, c);
+        size_t na = 0, nb = 0;
+        unsigned char *own = save_jls(path, px, rows, cols, frames, bits, 0, &na);
+        unsigned char *ref = save_jls(path, px, rows, cols, frames, bits, CMR_DCM_DCMTK_JLS, &nb);
+        if (na != nb || memcmp(own, ref, na) != 0)
+            fail_msg("case %zu (%dx%d x%d, %d bits, kind %d): own %zu bytes, DCMTK %zu bytes differ", c, cols, rows,
+                     frames, bits, cases[c].kind, na, nb);
+        /* How many codestreams came out odd (padded): both kinds are covered. */
+        size_t len = 0;
+        size_t cap = cmr_jls_bound(cols, rows, bits);
+        uint8_t *cs = malloc(cap);
+        assert_non_null(cs);
+        assert_int_equal(cmr_jls_encode(px, cols, rows, bits, cs, cap, &len), 0);
+        odd += (int)(len % 2);
+        assert_true(len >= 27 && cs[0] == 0xFF && cs[1] == 0xD8 && cs[len - 2] == 0xFF && cs[len - 1] == 0xD9);
+        free(cs);
+        free(own);
+        free(ref);
+        free(px);
+    }
+    assert_true(odd > 0 && odd < (int)(sizeof cases / sizeof cases[0]));
+    rmdir(dir);
+    /* Refusals: a sample beyond Bits Stored, a buffer below the bound. */
+    uint16_t bad[4] = {0, 4096, 1, 2};
+    uint8_t out[256];
+    size_t len = 0;
+    assert_int_equal(cmr_jls_encode(bad, 2, 2, 12, out, sizeof out, &len), CMR_EINVAL);
+    assert_non_null(strstr(cmr_errmsg(), "above 12 bits"));
+    assert_int_equal(cmr_jls_encode(bad, 2, 2, 12, out, 8, &len), CMR_ENOMEM);
+    assert_int_equal(cmr_jls_encode(bad, 2, 2, 4, out, sizeof out, &len), CMR_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -226,6 +363,7 @@ int main(void)
         cmocka_unit_test(test_diagnosis_signatures),
         cmocka_unit_test(test_lge_where_truth_says),
         cmocka_unit_test(test_dicom_roundtrip),
+        cmocka_unit_test(test_jpegls_matches_dcmtk),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     cmr_dcm_global_cleanup();
