@@ -37,6 +37,10 @@ typedef struct cmr_model cmr_model;
 typedef struct cmr_model_input {
     char recipe[32];
     unsigned frames, channels, size;
+    /* The square each frame is resized to before the centre crop of `size`;
+     * 0: the recipe's proportion (CMR-CLIP: 256 for 224, the crop keeping 7/8
+     * of the field of view).  Larger crops closer around the heart. */
+    unsigned resize;
     float mean[3], std[3];
 } cmr_model_input;
 
@@ -95,6 +99,7 @@ typedef struct cmr_train_progress {
 typedef struct cmr_train_options {
     const char *name;             /* the model's name ("cmrsearch-compact") */
     const char *init;             /* a compact model directory to fine-tune; NULL: from scratch */
+    unsigned frames;              /* a new model's input frames (multiple of 4); 0: the default (16) */
     unsigned epochs;              /* maximum (default 30) */
     unsigned batch;               /* pairs per step (default 32) */
     float lr;                     /* peak learning rate (default 2e-3; 2e-4 when fine-tuning) */

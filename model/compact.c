@@ -14,12 +14,14 @@ void cmr_compact_config_default(cmr_compact_config *c)
     c->channels = 1;
     memcpy(c->conv_channels, channels, sizeof channels);
     memcpy(c->conv_strides, strides, sizeof strides);
+    c->spatial_max = 1;
     c->video_hidden = 256;
     c->text_buckets = 16384;
     c->text_dim = 128;
     c->text_hidden = 256;
     c->max_n = 3;
     c->max_words = 512;
+    c->lexicon = 1;
     c->embed_dim = 128;
 }
 
@@ -48,6 +50,10 @@ int cmr_compact_config_check(const cmr_compact_config *c)
     RANGE(max_words, 1, 1 << 16)
     RANGE(embed_dim, 1, 4096)
 #undef RANGE
+    if (c->lexicon != 0 && c->lexicon != 1)
+        return cmr_fail(CMR_EFORMAT, "compact model: lexicon is %d, expected 0 or 1", c->lexicon);
+    if (c->spatial_max != 0 && c->spatial_max != 1)
+        return cmr_fail(CMR_EFORMAT, "compact model: spatial_max is %d, expected 0 or 1", c->spatial_max);
     if (c->frames % 4)
         return cmr_fail(CMR_EFORMAT, "compact model: frames %d is not a multiple of 4 (the pooling uses quarters)",
                         c->frames);
@@ -92,7 +98,8 @@ void cmr_compact_layout_of(const cmr_compact_config *c, cmr_compact_layout *l)
         add(l, name, 1, out, 0, 0, 0);
         in = out;
     }
-    int feat = c->conv_channels[CMR_COMPACT_CONVS - 1];
+    /* the per-frame feature: every channel's spatial mean, then (spatial_max) its max */
+    int feat = c->conv_channels[CMR_COMPACT_CONVS - 1] * (1 + c->spatial_max);
     add(l, "video.fc.weight", 2, c->video_hidden, 6 * feat, 0, 0);
     add(l, "video.fc.bias", 1, c->video_hidden, 0, 0, 0);
     add(l, "video.proj.weight", 2, c->embed_dim, c->video_hidden, 0, 0);

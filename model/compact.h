@@ -21,9 +21,11 @@ typedef struct cmr_compact_config {
     int frames, size, channels;               /* 16, 64, 1 */
     int conv_channels[CMR_COMPACT_CONVS];     /* 16, 32, 64, 128, 128 */
     int conv_strides[CMR_COMPACT_CONVS];      /* 2, 2, 2, 2, 1 */
+    int spatial_max;                          /* 1: per frame, the max over positions beside the mean */
     int video_hidden;                         /* 256 */
     int text_buckets, text_dim, text_hidden;  /* 16384, 128, 256 */
     int max_n, max_words;                     /* 3, 512 */
+    int lexicon;                              /* 1: the clinical lexicon "cmr-v1" before n-grams */
     int embed_dim;                            /* 128 */
 } cmr_compact_config;
 

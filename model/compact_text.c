@@ -64,6 +64,93 @@ static int word_is(const unsigned char *w, size_t len, const char *const *list)
 static const char *const neg_triggers[] = {"no", "not", "without", "absent", "absence", "negative", "none", NULL};
 static const char *const neg_ends[] = {"but", "however", "although", "though", "except", "apart", "yet", NULL};
 
+/* The clinical lexicon "cmr-v1" (docs/compact-model.md, "Text tower"):
+ * reports and queries name the same thing differently ("LGE", "late
+ * gadolinium enhancement", "delayed enhancement"; "RV dilated", "right
+ * ventricle is enlarged"), and a bag of n-grams learns each spelling only
+ * from the pairs that use it.  Each listed word becomes its canonical words
+ * before the n-grams are formed. */
+static const struct lexicon_entry {
+    const char *word, *canonical;
+} lexicon_v1[] = {
+    {"lv", "left ventricle"},
+    {"rv", "right ventricle"},
+    {"la", "left atrium"},
+    {"ra", "right atrium"},
+    {"lvef", "left ventricle ejection fraction"},
+    {"rvef", "right ventricle ejection fraction"},
+    {"ef", "ejection fraction"},
+    {"lvh", "left ventricle hypertrophy"},
+    {"lvot", "left ventricle outflow tract"},
+    {"lge", "late gadolinium enhancement"},
+    {"hcm", "hypertrophic cardiomyopathy"},
+    {"dcm", "dilated cardiomyopathy"},
+    {"nicm", "non ischemic cardiomyopathy"},
+    {"icm", "ischemic cardiomyopathy"},
+    {"arvc", "arrhythmogenic right ventricle cardiomyopathy"},
+    {"arvd", "arrhythmogenic right ventricle cardiomyopathy"},
+    {"lvnc", "left ventricle non compaction"},
+    {"mi", "infarct"},
+    {"cmr", "cardiac mri"},
+    {"ventricular", "ventricle"},
+    {"ventricles", "ventricle"},
+    {"atrial", "atrium"},
+    {"atria", "atrium"},
+    {"dilation", "dilated"},
+    {"dilatation", "dilated"},
+    {"enlarged", "dilated"},
+    {"enlargement", "dilated"},
+    {"hypertrophic", "hypertrophy"},
+    {"hypertrophied", "hypertrophy"},
+    {"amyloid", "amyloidosis"},
+    {"ischaemic", "ischemic"},
+    {"ischemia", "ischemic"},
+    {"ischaemia", "ischemic"},
+    {"infarction", "infarct"},
+    {"infarcted", "infarct"},
+    {"infarcts", "infarct"},
+    {"enhancing", "enhancement"},
+    {"enhanced", "enhancement"},
+    {"delayed", "late"},
+    {"impairment", "dysfunction"},
+    {"impaired", "dysfunction"},
+    {"reduced", "dysfunction"},
+    {"sarcoid", "sarcoidosis"},
+    {"noncompaction", "non compaction"},
+    {"noncompacted", "non compaction"},
+    {"nonischemic", "non ischemic"},
+    {"nonischaemic", "non ischemic"},
+    {"cardiomyopathies", "cardiomyopathy"},
+    {"trabeculated", "trabeculation"},
+    {"trabeculations", "trabeculation"},
+    {"myocardial", "myocardium"},
+    {"fibrosis", "scar"},
+    {"scarring", "scar"},
+    {"akinetic", "akinesis"},
+    {"akinesia", "akinesis"},
+    {"hypokinetic", "hypokinesis"},
+    {"hypokinesia", "hypokinesis"},
+    {"dyskinetic", "dyskinesis"},
+    {"dyskinesia", "dyskinesis"},
+    {"pericardial", "pericardium"},
+    {"effusions", "effusion"},
+    {"aortic", "aorta"},
+    {"oedema", "edema"},
+    {"septal", "septum"},
+    {"apical", "apex"},
+    {"midwall", "mid wall"},
+};
+
+static const char *lexicon_lookup(const unsigned char *w, size_t len)
+{
+    for (size_t i = 0; i < sizeof lexicon_v1 / sizeof *lexicon_v1; i++) {
+        const char *const one[2] = {lexicon_v1[i].word, NULL};
+        if (word_is(w, len, one))
+            return lexicon_v1[i].canonical;
+    }
+    return NULL;
+}
+
 static int ends_scope(unsigned char b) { return b == '.' || b == ';' || b == ':' || b == '!' || b == '?' || b == '\n'; }
 
 int cmr_compact_ngrams(const cmr_compact_config *c, const char *text, size_t len, uint32_t *ids, size_t cap,
@@ -82,26 +169,44 @@ int cmr_compact_ngrams(const cmr_compact_config *c, const char *text, size_t len
     word ring[MAX_N];
     size_t head = 0, queued = 0, words = 0, pos = 0, total = 0;
     int scope = 0; /* words left in the current negation's scope */
+    const char *pending = NULL; /* the rest of a lexicon entry's canonical words */
     for (;;) {
         while (queued < max_n && words < max_words) {
-            while (pos < len && !is_word_byte(s[pos])) {
-                if (ends_scope(s[pos]))
-                    scope = 0;
-                pos++;
+            const unsigned char *wp;
+            size_t wlen;
+            int marker = 0; /* a negation trigger or a scope's end: never in a scope itself */
+            if (pending) {
+                wp = (const unsigned char *)pending;
+                wlen = strcspn(pending, " ");
+                pending = pending[wlen] ? pending + wlen + 1 : NULL;
+            } else {
+                while (pos < len && !is_word_byte(s[pos])) {
+                    if (ends_scope(s[pos]))
+                        scope = 0;
+                    pos++;
+                }
+                if (pos == len)
+                    break;
+                size_t start = pos;
+                while (pos < len && is_word_byte(s[pos]))
+                    pos++;
+                wp = s + start;
+                wlen = pos - start;
+                const char *canonical;
+                if (word_is(wp, wlen, neg_triggers))
+                    scope = NEG_SCOPE, marker = 1;
+                else if (word_is(wp, wlen, neg_ends))
+                    scope = 0, marker = 1;
+                else if (c->lexicon && (canonical = lexicon_lookup(wp, wlen))) {
+                    wp = (const unsigned char *)canonical;
+                    wlen = strcspn(canonical, " ");
+                    pending = canonical[wlen] ? canonical + wlen + 1 : NULL;
+                }
             }
-            if (pos == len)
-                break;
-            size_t start = pos;
-            while (pos < len && is_word_byte(s[pos]))
-                pos++;
             int negated = 0;
-            if (word_is(s + start, pos - start, neg_triggers))
-                scope = NEG_SCOPE;
-            else if (word_is(s + start, pos - start, neg_ends))
-                scope = 0;
-            else if (scope > 0)
+            if (!marker && scope > 0)
                 negated = 1, scope--;
-            ring[(head + queued) % max_n] = (word){s + start, pos - start, negated};
+            ring[(head + queued) % max_n] = (word){wp, wlen, negated};
             queued++;
             words++;
         }

@@ -77,7 +77,11 @@ typedef struct conv_geom {
 
 typedef struct geom {
     conv_geom conv[NCONV];
-    int batch, frames, feat, pooled, hidden, embed, threads;
+    int batch, frames, hidden, embed, threads;
+    int channels;                             /* conv5's output channels */
+    int feat;                                 /* per frame: channels, twice with the spatial max */
+    int spatial_max;
+    int pooled;                               /* 6 feat */
     size_t n;                                 /* batch * frames */
     size_t act[NCONV], act_max;               /* floats of each layer's output */
     size_t cols_max, dw_max, wperm_total;     /* per-thread im2col; dW accumulator; permuted weights */
@@ -178,8 +182,10 @@ static int geom_of(const cmr_compact_config *c, const float *params, int batch, 
     }
     if (total > (double)(1ull << 36))
         return cmr_fail(CMR_EINVAL, "compact video tower: batch %d too large (%.3g activations)", batch, total);
-    g->feat = cin;
-    g->pooled = 6 * cin;
+    g->channels = cin;
+    g->spatial_max = c->spatial_max;
+    g->feat = cin * (1 + c->spatial_max);
+    g->pooled = 6 * g->feat;
     g->hidden = c->video_hidden;
     g->embed = c->embed_dim;
     bind(&l, params, "video.fc.weight", &g->fc_w, &g->fc_w_off);
@@ -598,19 +604,52 @@ static void pool_frames_backward(const float *gf, int frames, int feat, const fl
     }
 }
 
-/* g[n][feat] = the mean of conv5's output over its positions. */
-static void spatial_mean(const geom *g, const float *act5, float *gbuf)
+/* g[n] = every channel's mean over conv5's positions, then (spatial_max)
+ * every channel's max: a scar a few pixels wide is a small part of the mean
+ * but all of a maximum. */
+static void spatial_pool(const geom *g, const float *act5, float *gbuf)
 {
-    const size_t feat = (size_t)g->feat, pix = g->conv[NCONV - 1].out_pix;
+    const size_t ch = (size_t)g->channels, feat = (size_t)g->feat, pix = g->conv[NCONV - 1].out_pix;
     for (size_t n = 0; n < g->n; n++) {
-        const float *a = act5 + n * pix * feat;
+        const float *a = act5 + n * pix * ch;
         float *o = gbuf + n * feat;
-        memset(o, 0, feat * sizeof *o);
+        memset(o, 0, ch * sizeof *o);
         for (size_t p = 0; p < pix; p++)
-            for (size_t c = 0; c < feat; c++)
-                o[c] += a[p * feat + c];
-        for (size_t c = 0; c < feat; c++)
+            for (size_t c = 0; c < ch; c++)
+                o[c] += a[p * ch + c];
+        for (size_t c = 0; c < ch; c++)
             o[c] /= (float)pix;
+        if (!g->spatial_max)
+            continue;
+        float *mx = o + ch;
+        memcpy(mx, a, ch * sizeof *mx);
+        for (size_t p = 1; p < pix; p++)
+            for (size_t c = 0; c < ch; c++)
+                mx[c] = a[p * ch + c] > mx[c] ? a[p * ch + c] : mx[c];
+    }
+}
+
+/* The adjoint of spatial_pool into d5: the mean spreads dg evenly; the max
+ * sends its gradient to the first position holding the maximum (ties only
+ * occur at ReLU's zero, where conv5's own backward zeroes it anyway). */
+static void spatial_pool_backward(const geom *g, const float *act5, const float *dg, float *d5)
+{
+    const size_t ch = (size_t)g->channels, feat = (size_t)g->feat, pix = g->conv[NCONV - 1].out_pix;
+    const float inv = 1.0f / (float)pix;
+    for (size_t n = 0; n < g->n; n++) {
+        const float *a = act5 + n * pix * ch, *dgn = dg + n * feat;
+        float *d = d5 + n * pix * ch;
+        for (size_t p = 0; p < pix; p++)
+            for (size_t c = 0; c < ch; c++)
+                d[p * ch + c] = dgn[c] * inv;
+        if (!g->spatial_max)
+            continue;
+        for (size_t c = 0; c < ch; c++) {
+            size_t best = 0;
+            for (size_t p = 1; p < pix; p++)
+                best = a[p * ch + c] > a[best * ch + c] ? p : best;
+            d[best * ch + c] += dgn[ch + c];
+        }
     }
 }
 
@@ -639,8 +678,8 @@ static void linear_backward(int batch, int in, int out, const float *x, const fl
 }
 
 /* From d_emb to the gradient of conv5's output (written into d5). */
-static void head_backward(const geom *g, const float *gbuf, const float *pooled, const float *z, const float *d_emb,
-                          float *dg, float *dpooled, float *dz, float *grads, float *d5)
+static void head_backward(const geom *g, const float *gbuf, const float *pooled, const float *z, const float *act5,
+                          const float *d_emb, float *dg, float *dpooled, float *dz, float *grads, float *d5)
 {
     linear_backward(g->batch, g->hidden, g->embed, z, g->proj_w, d_emb, grads + g->proj_w_off,
                     grads + g->proj_b_off, dz);
@@ -652,18 +691,12 @@ static void head_backward(const geom *g, const float *gbuf, const float *pooled,
     for (int b = 0; b < g->batch; b++)
         pool_frames_backward(gbuf + (size_t)b * per, g->frames, g->feat, dpooled + (size_t)b * (size_t)g->pooled,
                              dg + (size_t)b * per);
-    /* the spatial mean: every position gets dg / positions */
-    const size_t pix = g->conv[NCONV - 1].out_pix;
-    const float inv = 1.0f / (float)pix;
-    for (size_t n = 0; n < g->n; n++)
-        for (size_t p = 0; p < pix; p++)
-            for (size_t c = 0; c < feat; c++)
-                d5[(n * pix + p) * feat + c] = dg[n * feat + c] * inv;
+    spatial_pool_backward(g, act5, dg, d5);
 }
 
 /* ---- entry points -------------------------------------------------------------------------------- */
 
-/* The convolutions of g->batch studies and their spatial means into gbuf
+/* The convolutions of g->batch studies and their spatial pooling into gbuf
  * (cc->wperm already filled). */
 static void run_convs(const geom *g, cmr_compact_video_cache *cc, const float *video, float *gbuf)
 {
@@ -675,7 +708,7 @@ static void run_convs(const geom *g, cmr_compact_video_cache *cc, const float *v
         w += 2 * nw;
         x = y;
     }
-    spatial_mean(g, x, gbuf);
+    spatial_pool(g, x, gbuf);
 }
 
 int cmr_compact_video_forward(const cmr_compact_config *c, const float *params, const float *video, int batch,
@@ -735,6 +768,7 @@ static int same_video_config(const cmr_compact_config *a, const cmr_compact_conf
     return a->frames == b->frames && a->size == b->size && a->channels == b->channels &&
            !memcmp(a->conv_channels, b->conv_channels, sizeof a->conv_channels) &&
            !memcmp(a->conv_strides, b->conv_strides, sizeof a->conv_strides) && a->video_hidden == b->video_hidden &&
+           a->spatial_max == b->spatial_max &&
            a->embed_dim == b->embed_dim;
 }
 
@@ -763,7 +797,8 @@ int cmr_compact_video_backward(const cmr_compact_config *c, const float *params,
     size_t hf = head_floats(&g);
     float *gbuf = cache->head, *pooled = gbuf + g.n * (size_t)g.feat, *z = pooled + (size_t)g.batch * g.pooled;
     float *dg = cache->head + hf, *dpooled = dg + g.n * (size_t)g.feat, *dz = dpooled + (size_t)g.batch * g.pooled;
-    head_backward(&g, gbuf, pooled, z, d_emb, dg, dpooled, dz, grads, cache->dact[(NCONV - 1) % 2]);
+    head_backward(&g, gbuf, pooled, z, cache->act[NCONV - 1], d_emb, dg, dpooled, dz, grads,
+                  cache->dact[(NCONV - 1) % 2]);
     /* layer i reads its output's gradient from dact[i % 2], writes its input's to the other */
     const float *wp = cache->wperm + g.wperm_total;
     for (int i = NCONV - 1; i >= 0; i--) {

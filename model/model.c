@@ -45,6 +45,13 @@ int cmr_model_parse_input(const char *path, json_t *o, unsigned frames, unsigned
     in->frames = frames;
     in->channels = channels;
     in->size = size;
+    in->resize = 0;
+    json_t *resize = json_object_get(o, "resize");
+    if (resize && (!json_is_integer(resize) || json_integer_value(resize) < (json_int_t)size ||
+                   json_integer_value(resize) > 8 * (json_int_t)size))
+        return cmr_fail(CMR_EFORMAT, "%s: input.resize must be an integer from size (%u) to 8 times it", path, size);
+    if (resize)
+        in->resize = (unsigned)json_integer_value(resize);
     memcpy(in->mean, imagenet_mean, sizeof in->mean);
     memcpy(in->std, imagenet_std, sizeof in->std);
     /* A model trained on other statistics says so; CMR-CLIP uses ImageNet's. */

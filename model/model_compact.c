@@ -45,6 +45,21 @@ int cmr_compact_parse_config(const char *path, json_t *root, cmr_compact_config 
         (rc = cmr_model_json_int(path, t, "text", "max_words", 1, 1 << 16, &c->max_words)) < 0 ||
         (rc = cmr_model_json_int(path, root, "model", "embed_dim", 1, 1 << 12, &c->embed_dim)) < 0)
         return rc;
+    /* Models from before the spatial max have no key: their frames were pooled by the mean alone. */
+    json_t *sp = json_object_get(v, "spatial_pool");
+    c->spatial_max = 0;
+    if (sp && (!json_is_string(sp) || (strcmp(json_string_value(sp), "mean") &&
+                                       strcmp(json_string_value(sp), "mean+max"))))
+        return cmr_fail(CMR_EFORMAT, "%s: video.spatial_pool must be \"mean\" or \"mean+max\"", path);
+    if (sp)
+        c->spatial_max = !strcmp(json_string_value(sp), "mean+max");
+    /* Nor the lexicon: their words were hashed as written. */
+    json_t *lex = json_object_get(t, "lexicon");
+    c->lexicon = 0;
+    if (lex && (!json_is_string(lex) || strcmp(json_string_value(lex), "cmr-v1")))
+        return cmr_fail(CMR_EFORMAT, "%s: text.lexicon must be \"cmr-v1\" (the only lexicon this build knows)", path);
+    if (lex)
+        c->lexicon = 1;
     if ((rc = cmr_compact_config_check(c)) < 0)
         return cmr_fail_context(rc, "%s: ", path);
     return 0;
@@ -157,16 +172,21 @@ int cmr_compact_save(const char *dir, const char *name, const cmr_compact_config
         json_array_append_new(std, json_real(input->std[i]));
     }
     json_t *doc = json_pack(
-        "{s:s, s:i, s:s, s:s, s:s, s:i, s:{s:i, s:i, s:i, s:o, s:o, s:i}, s:{s:i, s:i, s:i, s:i, s:i},"
+        "{s:s, s:i, s:s, s:s, s:s, s:i, s:{s:i, s:i, s:i, s:o, s:o, s:i, s:s}, s:{s:i, s:i, s:i, s:i, s:i},"
         " s:{s:s, s:o, s:o}}",
         "format", "cmrsearch-model", "format_version", 1, "name", name, "architecture", "compact", "weights",
         "weights.safetensors", "embed_dim", c->embed_dim, "video", "frames", c->frames, "size", c->size, "channels",
         c->channels, "conv_channels", int_list(c->conv_channels, CMR_COMPACT_CONVS), "conv_strides",
-        int_list(c->conv_strides, CMR_COMPACT_CONVS), "hidden", c->video_hidden, "text", "buckets", c->text_buckets,
+        int_list(c->conv_strides, CMR_COMPACT_CONVS), "hidden", c->video_hidden, "spatial_pool",
+        c->spatial_max ? "mean+max" : "mean", "text", "buckets", c->text_buckets,
         "dim", c->text_dim, "hidden", c->text_hidden, "max_n", c->max_n, "max_words", c->max_words, "input",
         "recipe", input->recipe, "mean", mean, "std", std);
     if (!doc)
         return cmr_fail(CMR_ENOMEM, "model.json: cannot build the document");
+    if (c->lexicon)
+        json_object_set_new(json_object_get(doc, "text"), "lexicon", json_string("cmr-v1"));
+    if (input->resize)
+        json_object_set_new(json_object_get(doc, "input"), "resize", json_integer(input->resize));
     if (training)
         json_object_set(doc, "training", training);
     snprintf(path, sizeof path, "%s/model.json", dir);

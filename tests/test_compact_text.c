@@ -129,6 +129,7 @@ static void test_ngrams_golden(void **state)
         c.text_buckets = (int)json_integer_value(json_object_get(cs, "buckets"));
         c.max_n = (int)json_integer_value(json_object_get(cs, "max_n"));
         c.max_words = (int)json_integer_value(json_object_get(cs, "max_words"));
+        c.lexicon = (int)json_integer_value(json_object_get(cs, "lexicon"));
         size_t ti = (size_t)json_integer_value(json_object_get(cs, "text")), len, n = 99, want_n;
         char *text = unhex(json_string_value(json_array_get(texts, ti)), &len);
         json_t *want = json_object_get(cs, "ids");
@@ -147,8 +148,8 @@ static void test_ngrams_golden(void **state)
         assert_int_equal(cmr_compact_ngrams(&c, text, len, ids, want_n, &n), 0);
         for (size_t i = 0; i < want_n; i++)
             if (ids[i] != (uint32_t)json_integer_value(json_array_get(want, i)))
-                fail_msg("case %zu (text %zu, buckets %d, n %d, words %d): id %zu is %u, want %lld", k, ti,
-                         c.text_buckets, c.max_n, c.max_words, i, ids[i],
+                fail_msg("case %zu (text %zu, buckets %d, n %d, words %d, lexicon %d): id %zu is %u, want %lld", k,
+                         ti, c.text_buckets, c.max_n, c.max_words, c.lexicon, i, ids[i],
                          (long long)json_integer_value(json_array_get(want, i)));
         free(ids);
         free(text);
@@ -161,8 +162,23 @@ static void test_ngrams_properties(void **state)
     (void)state;
     cmr_compact_config c;
     cmr_compact_config_default(&c);
+    assert_int_equal(c.lexicon, 1); /* new models use the lexicon */
     uint32_t a[16], b[16];
     size_t na, nb;
+    /* The lexicon: an abbreviation and its words are one thing, in a negation's scope too. */
+    assert_int_equal(cmr_compact_ngrams(&c, "No LGE", 6, a, 16, &na), 0);
+    assert_int_equal(cmr_compact_ngrams(&c, "no late gadolinium enhancement", 30, b, 16, &nb), 0);
+    assert_int_equal(na, 4 + 3 + 2);
+    assert_int_equal(nb, na);
+    assert_memory_equal(a, b, sizeof *a * na);
+    assert_int_equal(cmr_compact_ngrams(&c, "RV enlarged", 11, a, 16, &na), 0);
+    assert_int_equal(cmr_compact_ngrams(&c, "right ventricular dilation", 26, b, 16, &nb), 0);
+    assert_int_equal(na, 6);
+    assert_int_equal(nb, na);
+    assert_memory_equal(a, b, sizeof *a * na);
+    c.lexicon = 0; /* as written */
+    assert_int_equal(cmr_compact_ngrams(&c, "No LGE", 6, a, 16, &na), 0);
+    assert_int_equal(na, 3);
     /* Case and separators do not matter; a NULL text of length 0 is empty. */
     assert_int_equal(cmr_compact_ngrams(&c, "No  LGE!", 8, a, 16, &na), 0);
     assert_int_equal(cmr_compact_ngrams(&c, "no lge", 6, b, 16, &nb), 0);
@@ -210,6 +226,7 @@ static void tower_load(cmr_st_file *f, tower *t)
 {
     memset(t, 0, sizeof *t);
     cmr_compact_config_default(&t->c);
+    t->c.lexicon = 0; /* the fixture's ids are hashed as written (the golden test covers the lexicon) */
     t->c.text_buckets = 64;
     t->c.text_dim = 8;
     t->c.text_hidden = 16;

@@ -65,10 +65,83 @@ NEG_STOPS = b".;:!?\n"
 NEG_SCOPE = 8
 
 
-def marked_words(text):
+# The clinical lexicon "cmr-v1" (docs/compact-model.md): a word -> its canonical words.
+LEXICON = {
+    b"lv": b"left ventricle",
+    b"rv": b"right ventricle",
+    b"la": b"left atrium",
+    b"ra": b"right atrium",
+    b"lvef": b"left ventricle ejection fraction",
+    b"rvef": b"right ventricle ejection fraction",
+    b"ef": b"ejection fraction",
+    b"lvh": b"left ventricle hypertrophy",
+    b"lvot": b"left ventricle outflow tract",
+    b"lge": b"late gadolinium enhancement",
+    b"hcm": b"hypertrophic cardiomyopathy",
+    b"dcm": b"dilated cardiomyopathy",
+    b"nicm": b"non ischemic cardiomyopathy",
+    b"icm": b"ischemic cardiomyopathy",
+    b"arvc": b"arrhythmogenic right ventricle cardiomyopathy",
+    b"arvd": b"arrhythmogenic right ventricle cardiomyopathy",
+    b"lvnc": b"left ventricle non compaction",
+    b"mi": b"infarct",
+    b"cmr": b"cardiac mri",
+    b"ventricular": b"ventricle",
+    b"ventricles": b"ventricle",
+    b"atrial": b"atrium",
+    b"atria": b"atrium",
+    b"dilation": b"dilated",
+    b"dilatation": b"dilated",
+    b"enlarged": b"dilated",
+    b"enlargement": b"dilated",
+    b"hypertrophic": b"hypertrophy",
+    b"hypertrophied": b"hypertrophy",
+    b"amyloid": b"amyloidosis",
+    b"ischaemic": b"ischemic",
+    b"ischemia": b"ischemic",
+    b"ischaemia": b"ischemic",
+    b"infarction": b"infarct",
+    b"infarcted": b"infarct",
+    b"infarcts": b"infarct",
+    b"enhancing": b"enhancement",
+    b"enhanced": b"enhancement",
+    b"delayed": b"late",
+    b"impairment": b"dysfunction",
+    b"impaired": b"dysfunction",
+    b"reduced": b"dysfunction",
+    b"sarcoid": b"sarcoidosis",
+    b"noncompaction": b"non compaction",
+    b"noncompacted": b"non compaction",
+    b"nonischemic": b"non ischemic",
+    b"nonischaemic": b"non ischemic",
+    b"cardiomyopathies": b"cardiomyopathy",
+    b"trabeculated": b"trabeculation",
+    b"trabeculations": b"trabeculation",
+    b"myocardial": b"myocardium",
+    b"fibrosis": b"scar",
+    b"scarring": b"scar",
+    b"akinetic": b"akinesis",
+    b"akinesia": b"akinesis",
+    b"hypokinetic": b"hypokinesis",
+    b"hypokinesia": b"hypokinesis",
+    b"dyskinetic": b"dyskinesis",
+    b"dyskinesia": b"dyskinesis",
+    b"pericardial": b"pericardium",
+    b"effusions": b"effusion",
+    b"aortic": b"aorta",
+    b"oedema": b"edema",
+    b"septal": b"septum",
+    b"apical": b"apex",
+    b"midwall": b"mid wall",
+}
+
+
+def marked_words(text, lexicon=False):
     """The words, those in a negation's scope written with a leading '~'
     (docs/compact-model.md): up to 8 words after a trigger, ended early by
-    . ; : ! ? or a newline between words, or by a contrasting word."""
+    . ; : ! ? or a newline between words, or by a contrasting word.  With the
+    lexicon, a listed word is replaced by its canonical words first (each
+    counts as a word, in a scope too)."""
     out, scope, prev_end = [], 0, 0
     for m in WORD.finditer(text):
         if any(c in NEG_STOPS for c in text[prev_end:m.start()]):
@@ -81,17 +154,19 @@ def marked_words(text):
         elif w in NEG_ENDS:
             scope = 0
             out.append(w)
-        elif scope > 0:
-            scope -= 1
-            out.append(b"~" + w)
         else:
-            out.append(w)
+            for x in (LEXICON.get(w, w).split(b" ") if lexicon else [w]):
+                if scope > 0:
+                    scope -= 1
+                    out.append(b"~" + x)
+                else:
+                    out.append(x)
     return out
 
 
-def ngram_ids(text, buckets=16384, max_n=3, max_words=512):
+def ngram_ids(text, buckets=16384, max_n=3, max_words=512, lexicon=False):
     """text: bytes.  bytes.lower() lower-cases ASCII only, as the doc asks."""
-    words = marked_words(text.lower())[:max_words]
+    words = marked_words(text.lower(), lexicon)[:max_words]
     ids = []
     for i in range(len(words)):
         for n in range(1, max_n + 1):
@@ -161,8 +236,11 @@ def golden():
         for buckets, max_n, max_words in VARIANTS:
             if (buckets, max_n, max_words) not in ((64, 3, 512), (16384, 3, 512)) and ti % 3:
                 continue  # the odd configurations on every third text only
-            cases.append({"text": ti, "buckets": buckets, "max_n": max_n, "max_words": max_words,
-                          "ids": ngram_ids(t, buckets, max_n, max_words)})
+            for lexicon in (False, True):
+                if lexicon and (buckets, max_n, max_words) not in ((16384, 3, 512), (16384, 3, 4), (97, 5, 512)):
+                    continue
+                cases.append({"text": ti, "buckets": buckets, "max_n": max_n, "max_words": max_words,
+                              "lexicon": int(lexicon), "ids": ngram_ids(t, buckets, max_n, max_words, lexicon)})
     # Checks of the reference itself.
     assert ngram_ids(b"") == [] and ngram_ids(b" .,") == []
     assert len(ngram_ids(b"a b c d")) == 4 + 3 + 2
@@ -170,6 +248,8 @@ def golden():
     assert marked_words(b"no late gadolinium enhancement. lge") == [b"no", b"~late", b"~gadolinium",
                                                                      b"~enhancement", b"lge"]
     assert marked_words(b"no scar but lge") == [b"no", b"~scar", b"but", b"lge"]
+    assert marked_words(b"no lge. rv enlarged", True) == [b"no", b"~late", b"~gadolinium", b"~enhancement",
+                                                          b"right", b"ventricle", b"dilated"]
     assert len(ngram_ids(LONG.encode())) == 3 * 512 - 3
     assert ngram_ids(b"a b", 1 << 20)[1] == fnv1a64(b"a b") % (1 << 20)
     return {"texts": [t.hex() for t in texts], "cases": cases,

@@ -11,13 +11,14 @@ independently of the C code.  Run with Debian's PyTorch (PyTorch 1.13, numpy)
 
 Deterministic (torch.manual_seed); rerunning rewrites identical files.  It
 writes small.safetensors, for a small configuration (CONFIG below, also in
-__metadata__ "config" as JSON):
+__metadata__ "config" as JSON), and small_max.safetensors, the same with
+"spatial_pool": "mean+max" (every channel's spatial max beside its mean):
 
   video.*            the parameters, by their layout names, PyTorch shapes
   input              [B][F][C][S][S]
   conv1 ... conv5    every convolution's output after ReLU, CHANNELS-LAST
                      [B*F][H][W][C] (the C tower's storage order)
-  g                  [B*F][feat] spatial means
+  g                  [B*F][feat] spatial means (then maxima)
   pooled             [B][6 feat]; z [B][hidden]; emb [B][E]
   d_emb              [B][E] a random upstream gradient
   grad.video.*       d(sum(emb * d_emb)) / d(parameter), PyTorch shapes
@@ -63,7 +64,8 @@ class CompactVideo(nn.Module):
         self.convs = nn.ModuleList(
             nn.Conv2d(chans[i], chans[i + 1], 3, stride=cfg["conv_strides"][i], padding=1)
             for i in range(5))
-        feat = chans[-1]
+        self.spatial_max = cfg.get("spatial_pool", "mean") == "mean+max"
+        feat = chans[-1] * (2 if self.spatial_max else 1)
         self.fc = nn.Linear(6 * feat, cfg["video_hidden"])
         self.proj = nn.Linear(cfg["video_hidden"], cfg["embed_dim"])
 
@@ -87,6 +89,8 @@ class CompactVideo(nn.Module):
             if trace is not None:
                 trace["conv%d" % (i + 1)] = x.permute(0, 2, 3, 1)  # channels-last
         g = x.mean(dim=(2, 3))                       # [B*F][feat]
+        if self.spatial_max:
+            g = torch.cat([g, x.flatten(2).max(dim=2).values], dim=1)
         gf = g.reshape(b, f, -1)
         mean = gf.mean(dim=1)
         std = torch.sqrt(((gf - mean[:, None, :]) ** 2).mean(dim=1) + STD_EPS)
@@ -112,9 +116,9 @@ def init_(model, gen):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
-def reference(model32, video32, d_emb32):
+def reference(cfg, model32, video32, d_emb32):
     """Stages and gradients in float64 from the float32 values."""
-    model = CompactVideo(CONFIG).double()
+    model = CompactVideo(cfg).double()
     model.load_state_dict({k: v.double() for k, v in model32.state_dict().items()})
     trace = {}
     emb = model(video32.double(), trace)
@@ -123,16 +127,16 @@ def reference(model32, video32, d_emb32):
     return trace, grads
 
 
-def main():
+def write_fixture(cfg, name):
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
-    model = CompactVideo(CONFIG)
+    model = CompactVideo(cfg)
     init_(model, gen)
-    c = CONFIG
+    c = cfg
     video = torch.randn((BATCH, c["frames"], c["channels"], c["size"], c["size"]), generator=gen)
     d_emb = torch.randn((BATCH, c["embed_dim"]), generator=gen)
 
-    trace, grads = reference(model, video, d_emb)
+    trace, grads = reference(cfg, model, video, d_emb)
 
     # The float32 model is near the float64 reference (sanity, not the test).
     t32 = {}
@@ -164,10 +168,15 @@ def main():
     tensors["d_emb"] = d_emb
     tensors.update({k: v.to(torch.float32) for k, v in grads.items()})
     os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "small.safetensors")
-    write_safetensors(path, tensors, {"config": json.dumps(CONFIG), "batch": str(BATCH), "seed": str(SEED),
+    path = os.path.join(OUT, name)
+    write_safetensors(path, tensors, {"config": json.dumps(cfg), "batch": str(BATCH), "seed": str(SEED),
                                       "generator": "tests/reference/compact_video_torch.py"})
     print("wrote %s (%d bytes)" % (path, os.path.getsize(path)))
+
+
+def main():
+    write_fixture(CONFIG, "small.safetensors")
+    write_fixture(dict(CONFIG, spatial_pool="mean+max"), "small_max.safetensors")
 
 
 if __name__ == "__main__":
