@@ -27,7 +27,10 @@ static const command commands[] = {
     {"eval", cmr_cmd_eval, "the CMR-CLIP evaluation protocol on a labelled store"},
     {"stats", cmr_cmd_stats, "counts, model and index state of a store"},
     {"train", cmr_cmd_train, "train the compact model on the store's (study, impression) pairs"},
+    {"audit", cmr_cmd_audit, "what a curator should check: label errors, duplicates, gaps"},
     {"info", cmr_cmd_stats, "the same as stats"},
+    {"serve", cmr_cmd_serve, "the HTTP API and web page"},
+    {"querylog", cmr_cmd_querylog, "print the store's query log"},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

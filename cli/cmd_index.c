@@ -1,14 +1,19 @@
 /* cmrsearch index: ingest archive folders of DICOM studies and reports. */
+#include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cmr_cli.h"
 #include "cmr_ingest.h"
 #include "cmr_model.h"
+#include "cmr_searcher.h"
 
 static const char usage[] =
     "usage: cmrsearch index --db DIR [--model DIR | --no-model] [--manifest FILE] [--cda-schema XSD]\n"
     "                       [--threads N] [--force] [--json] ARCHIVE...\n"
+    "       cmrsearch index --db DIR --rescore [--model DIR] [--json]\n"
+    "       cmrsearch index --db DIR --reembed --model DIR [--keep-unreadable] [--json]\n"
     "\n"
     "Reads every DICOM study under the ARCHIVE folders (any depth, any file\n"
     "names), labels each series (cine SAX / 2ch / 3ch / 4ch, LGE SAX / 2ch /\n"
@@ -25,6 +30,18 @@ static const char usage[] =
     "installed) cases are stored without vectors (shown as such by 'show');\n"
     "searches ignore them until a later run embeds them.\n"
     "\n"
+    "Each embedded study also gets its finding scores (the prompt bank's\n"
+    "findings and diagnoses, docs/searching.md), stored with the case so that\n"
+    "--where 'has lge' filters on them; cases stored before finding scores\n"
+    "existed get theirs on the next run.  --rescore recomputes the scores of\n"
+    "every stored case from its image vector, reading no archive (after a\n"
+    "change of the prompt bank).  --reembed moves the store to another model:\n"
+    "every case's study is read again from the folder recorded at index time\n"
+    "and embedded with its impression by --model, then the model, every vector\n"
+    "and every finding score are replaced in one transaction (a failure before\n"
+    "it changes nothing).  A study that cannot be read again stops it, unless\n"
+    "--keep-unreadable keeps such cases with their impression vector only.\n"
+    "\n"
     "  --model DIR       model directory (docs/model-format.md)\n"
     "  --no-model        store cases without vectors\n"
     "  --manifest FILE   archive manifest linking studies and reports\n"
@@ -33,6 +50,8 @@ static const char usage[] =
     "                    listed, the report is still read\n"
     "  --threads N       header-reading threads (default: all CPUs)\n"
     "  --force           re-ingest unchanged studies too\n"
+    "  --rescore         recompute every case's finding scores with the model\n"
+    "  --reembed         re-embed every case with --model and bind the store to it\n"
     "  --json            print the run summary as one JSON document\n";
 
 static json_t *string_array(char *const *items, size_t n)
@@ -126,20 +145,78 @@ int cmr_cli_input_spec(const cmr_model *m, cmr_input_spec *spec)
 
 int cmr_cli_spec_from(const cmr_model_input *in, const char *model_name, cmr_input_spec *spec)
 {
-    if (strcmp(in->recipe, "cmrclip") != 0)
-        return cmr_fail(CMR_EUNSUPPORTED, "model %s wants input recipe \"%s\", which this build cannot make",
-                        model_name, in->recipe);
-    /* The published recipe, scaled to the model's frame size: resize 256 →
-     * crop 224 becomes resize round(size * 256 / 224) → crop size. */
-    cmr_input_spec_cmrclip(spec);
-    spec->frames = in->frames;
-    spec->size = in->size;
-    spec->resize = (in->size * 256 + 112) / 224;
-    spec->channels = in->channels;
-    memcpy(spec->mean, in->mean, sizeof spec->mean);
-    memcpy(spec->std, in->std, sizeof spec->std);
-    return 0;
+    return cmr_searcher_spec_from(in, model_name, spec);
 }
+
+/* index --rescore: every case's finding scores again, from its stored image
+ * vector, with the store's model. */
+static int index_rescore(cmr_cli *cli, const char *db, const char *model_path, int no_model, size_t n_roots)
+{
+    if (no_model)
+        return cmr_fail(CMR_EINVAL, "--rescore needs the model; it cannot be combined with --no-model");
+    if (n_roots)
+        return cmr_fail(CMR_EINVAL, "--rescore reads no archive: give no ARCHIVE folder");
+    cmr_store *store;
+    cmr_model *model = NULL;
+    cmr_findings *findings = NULL;
+    size_t n = 0;
+    unsigned dim;
+    int rc = cmr_cli_open_store(cli, db, 0, &store);
+    if (rc)
+        return rc;
+    cmr_store_model(store, NULL, NULL, &dim);
+    if (!dim) {
+        rc = cmr_fail(CMR_ENOTFOUND, "%s: the store has no vectors, so nothing to score (index it with a model)", db);
+        goto done;
+    }
+    if ((rc = cmr_cli_open_model(model_path, store, 1, &model)) || (rc = cmr_findings_new(model, &findings)) ||
+        (rc = cmr_findings_rescore(store, findings, &n)) || (rc = cmr_store_flush(store)))
+        goto done;
+    if (cli->json)
+        rc = cmr_cli_print_json(cli, json_pack("{s:s, s:I, s:I}", "db", db, "rescored", (json_int_t)n, "findings",
+                                               (json_int_t)cmr_findings_count(findings)));
+    else
+        fprintf(cli->out, "rescored %zu cases: %zu finding scores each\n", n, cmr_findings_count(findings));
+done:
+    cmr_findings_free(findings);
+    cmr_model_close(model);
+    return cmr_cli_close_store(store, rc);
+}
+
+static int index_reembed(cmr_cli *cli, const char *db, const char *model_path, int no_model, size_t n_roots,
+                         unsigned threads, int keep_unreadable)
+{
+    if (no_model || !model_path)
+        return cmr_fail(CMR_EINVAL, "--reembed needs the new model: give --model DIR");
+    if (n_roots)
+        return cmr_fail(CMR_EINVAL, "--reembed reads the folders recorded in the store: give no ARCHIVE folder");
+    cmr_store *store;
+    cmr_model *model = NULL;
+    cmr_reembed_summary sum;
+    int rc = cmr_cli_open_store(cli, db, 0, &store);
+    if (rc)
+        return rc;
+    cmr_store_set_progress(store, cmr_cli_progress, cli);
+    if ((rc = cmr_cli_open_model(model_path, NULL, 1, &model)) ||
+        (rc = cmr_cli_reembed(cli, store, model, threads, keep_unreadable, &sum)))
+        goto done;
+    if (cli->json)
+        rc = cmr_cli_print_json(cli, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "db", db, "model",
+                                               cmr_model_name(model), "weights_hash", cmr_model_hash(model), "cases",
+                                               (json_int_t)sum.cases, "image_vectors", (json_int_t)sum.images,
+                                               "text_vectors", (json_int_t)sum.texts, "unreadable",
+                                               (json_int_t)sum.unreadable));
+    else
+        fprintf(cli->out, "re-embedded %zu cases with %s (weights %.12s...): %zu image and %zu impression vectors%s\n",
+                sum.cases, cmr_model_name(model), cmr_model_hash(model), sum.images, sum.texts,
+                sum.unreadable ? "; studies that could not be read again keep their impression vector only" : "");
+done:
+    cmr_model_close(model);
+    return cmr_cli_close_store(store, rc);
+}
+
+static int index_archives(cmr_cli *cli, const char *db, const char *model_path, int no_model, const char *manifest,
+                          const char *cda_schema, int force, unsigned threads, const char *const *roots, size_t n_roots);
 
 static void on_progress(void *user, const char *phase, size_t done, size_t total)
 {
@@ -149,7 +226,7 @@ static void on_progress(void *user, const char *phase, size_t done, size_t total
 int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *manifest = NULL, *cda_schema = NULL, *threads_text = NULL, *model_path = NULL;
-    int force = 0, no_model = 0;
+    int force = 0, no_model = 0, rescore = 0, reembed = 0, keep_unreadable = 0;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},
         {"model", 0, &model_path, NULL},
@@ -158,6 +235,9 @@ int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
         {"cda-schema", 0, &cda_schema, NULL},
         {"threads", 0, &threads_text, NULL},
         {"force", 0, NULL, &force},
+        {"rescore", 0, NULL, &rescore},
+        {"reembed", 0, NULL, &reembed},
+        {"keep-unreadable", 0, NULL, &keep_unreadable},
         {"json", 0, NULL, &cli->json},
     };
     enum { MAX_ROOTS = 256 };
@@ -167,11 +247,41 @@ int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
                               &n_roots);
     if (rc)
         return rc < 0 ? rc : 0;
-    if (!n_roots)
-        return cmr_fail(CMR_EINVAL, "name at least one ARCHIVE folder (see 'cmrsearch index --help')");
+    if (rescore && reembed)
+        return cmr_fail(CMR_EINVAL, "--reembed writes new finding scores itself: give it without --rescore");
+    if (keep_unreadable && !reembed)
+        return cmr_fail(CMR_EINVAL, "--keep-unreadable applies to --reembed");
+    if (rescore)
+        return index_rescore(cli, db, model_path, no_model, n_roots);
     uint64_t threads = 0;
     if (threads_text && (rc = cmr_cli_parse_u64("--threads", threads_text, 1, 64, &threads)))
         return rc;
+    if (reembed)
+        return index_reembed(cli, db, model_path, no_model, n_roots, (unsigned)threads, keep_unreadable);
+    if (!n_roots)
+        return cmr_fail(CMR_EINVAL, "name at least one ARCHIVE folder (see 'cmrsearch index --help')");
+    /* The store records where each study was read: absolute, so that train
+     * and --reembed find it again from any working directory. */
+    char *absolute[MAX_ROOTS] = {0};
+    for (size_t i = 0; i < n_roots; i++) {
+        if (!(absolute[i] = realpath(roots[i], NULL))) {
+            rc = cmr_fail(CMR_ENOTFOUND, "%s: %s", roots[i], strerror(errno));
+            for (size_t j = 0; j < i; j++)
+                free(absolute[j]);
+            return rc;
+        }
+        roots[i] = absolute[i];
+    }
+    rc = index_archives(cli, db, model_path, no_model, manifest, cda_schema, force, (unsigned)threads, roots, n_roots);
+    for (size_t i = 0; i < n_roots; i++)
+        free(absolute[i]);
+    return rc;
+}
+
+static int index_archives(cmr_cli *cli, const char *db, const char *model_path, int no_model, const char *manifest,
+                          const char *cda_schema, int force, unsigned threads, const char *const *roots, size_t n_roots)
+{
+    int rc;
     cmr_store *store;
     if ((rc = cmr_cli_open_store(cli, db, 0, &store)))
         return rc;
@@ -185,8 +295,17 @@ int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
         return cmr_cli_close_store(store, rc);
     }
     cmr_store_set_progress(store, cmr_cli_progress, cli);
+    /* Finding scores are computed in the store's write transaction of each
+     * case, from the image vector just embedded. */
+    cmr_findings *findings = NULL;
+    if (model && (rc = cmr_findings_new(model, &findings))) {
+        cmr_model_close(model);
+        return cmr_cli_close_store(store, rc);
+    }
+    if (findings)
+        cmr_store_set_scorer(store, cmr_findings_store_scorer, findings);
     cmr_ingest_options opts = {
-        .threads = (unsigned)threads,
+        .threads = threads,
         .manifest_path = manifest,
         .cda_schema_path = cda_schema,
         .force = force,
@@ -203,11 +322,20 @@ int cmr_cmd_index(cmr_cli *cli, int argc, char **argv)
     }
     cmr_ingest_summary *summary = NULL;
     rc = cmr_ingest(store, roots, n_roots, &opts, &summary);
+    /* Studies skipped as unchanged keep what they had: cases stored before
+     * finding scores existed get theirs now. */
+    size_t n_scored = 0;
+    if (rc == 0 && findings)
+        rc = cmr_findings_score_missing(store, findings, &n_scored);
     if (rc == 0)
         rc = cmr_store_flush(store);
+    if (rc == 0 && n_scored && !cli->json)
+        fprintf(cli->out, "finding scores added to %zu cases indexed before they existed\n", n_scored);
     if (rc == 0)
         rc = print_summary(cli, db, summary, model != NULL);
     cmr_ingest_summary_free(summary);
+    cmr_store_set_scorer(store, NULL, NULL);
+    cmr_findings_free(findings);
     cmr_model_close(model);
     return cmr_cli_close_store(store, rc);
 }

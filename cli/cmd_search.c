@@ -1,5 +1,7 @@
 /* cmrsearch search: text -> case, study -> case, case -> case (or a given
- * vector -> case) nearest neighbours, with --where filters. */
+ * vector -> case) through the searcher (searcher/cmr_searcher.h): fusion of
+ * the image and impression spaces, --where filters (finding scores too),
+ * paging, one result per patient, and each hit's explanation. */
 #include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
@@ -7,50 +9,79 @@
 
 #include "cmr_cli.h"
 #include "cmr_model.h"
+#include "cmr_searcher.h"
 
 #define DEFAULT_K 10
 #define MAX_K 10000
 
 static const char usage[] =
     "usage: cmrsearch search --db DIR (--text PHRASE | --study DIR | --case ID | --uid UID |\n"
-    "                        --vector FILE.npy) [-k N] [--space image|text] [--target image|text]\n"
-    "                        [--where EXPR] [--include-same-patient] [--model DIR] [--json]\n"
+    "                        --vector FILE.npy) [-k N | --limit N] [--offset N] [--one-per-patient]\n"
+    "                        [--w-image W --w-text W | --target image|text] [--space image|text]\n"
+    "                        [--where EXPR] [--include-same-patient] [--no-sentences]\n"
+    "                        [--model DIR] [--json]\n"
     "\n"
-    "Finds the k cases most similar to a phrase, a new study, a stored case or a\n"
+    "Finds the cases most similar to a phrase, a new study, a stored case or a\n"
     "query vector.  A stored case itself is never a result; neither, unless\n"
-    "--include-same-patient, are other studies of the same patient.  Each hit\n"
-    "shows its similarity in both spaces (image: the study; text: its report's\n"
-    "impression) and its impression.\n"
+    "--include-same-patient, are other studies of the same patient.  A hit's\n"
+    "score fuses its similarity in the two spaces (image: the study; text: its\n"
+    "report's impression):  (w_image * image + w_text * text) / (w_image + w_text).\n"
+    "Each hit shows both similarities, its top finding scores, the views\n"
+    "present and the impression sentence closest to the query.\n"
     "\n"
     "  --text PHRASE    embed the phrase (\"apical hypertrophy with LGE\") with the\n"
-    "                   model and search studies (--target image, the default) or\n"
-    "                   impressions (--target text)\n"
-    "  --study DIR      read the one study under DIR, embed it and search studies\n"
-    "  --model DIR      the model for --text and --study (default: $CMRSEARCH_MODEL,\n"
-    "                   else the default model); it must be the store's model\n"
+    "                   model (default weights: image 0.2, text 0.8)\n"
+    "  --study DIR      read the one study under DIR, embed it and search\n"
+    "                   (default weights: image 0.2, text 0.8)\n"
+    "  --model DIR      the model for --text, --study and the closest sentences\n"
+    "                   (default: $CMRSEARCH_MODEL, else the default model); it must\n"
+    "                   be the store's model\n"
     "  --case ID        query with the stored vectors of case ID (a case id, or a\n"
-    "                   Study Instance UID when it contains a dot)\n"
+    "                   Study Instance UID when it contains a dot): its image\n"
+    "                   vector against images, its impression's against\n"
+    "                   impressions (default weights: image 0.2, text 0.8)\n"
     "  --uid UID        query with the case whose Study Instance UID is UID\n"
     "  --vector FILE    query with a vector: a .npy file of shape (1, D) or (D,)\n"
-    "  -k N             number of results (default 10, at most 10000)\n"
-    "  --space S        which vector of the query case to use (default image)\n"
-    "  --target S       which vectors to search (default: the same as --space)\n"
+    "  -k N, --limit N  number of results (default 10)\n"
+    "  --offset N       skip the first N results (paging; offset + limit <= 10000)\n"
+    "  --one-per-patient  keep each patient's best study only\n"
+    "  --w-image W, --w-text W  fusion weights (>= 0, not both 0; give both)\n"
+    "  --target S       search one space only (the same as weight 1 on S, 0 on\n"
+    "                   the other)\n"
+    "  --space S        --case/--uid: use only the case's S vector (against\n"
+    "                   --target, default S)\n"
     "  --where EXPR     only cases that pass EXPR, e.g.\n"
     "                   'diagnosis in (I42.1, E85.4) and date >= 2015-01-01 and\n"
     "                    site = \"Cleveland\" and sex = F and age between 40 and 70'\n"
-    "                   (fields: diagnosis, date, age, site, manufacturer, sex;\n"
-    "                   see 'man cmrsearch' for the grammar)\n"
+    "                   or on finding scores: 'has lge and has hcm',\n"
+    "                   'finding lv_dilation >= 0.8', 'lacks lge'\n"
+    "                   (fields: diagnosis, date, age, site, manufacturer, sex,\n"
+    "                   finding, has, lacks; see 'man cmrsearch' for the grammar)\n"
     "  --include-same-patient   also return the patient's other studies\n"
+    "  --no-sentences   do not compute the closest impression sentence\n"
     "  --json           print the results as one JSON document\n";
 
 typedef struct search_request {
-    const char *db, *case_arg, *uid, *vector_path, *k_text, *space_text, *target_text, *where_text;
+    const char *db, *case_arg, *uid, *vector_path, *k_text, *limit_text, *offset_text, *space_text,
+        *target_text, *where_text, *w_image_text, *w_text_text;
     const char *text_query, *study_query, *model_path;
-    int include_same_patient;
-    size_t k;
+    int include_same_patient, one_per_patient, no_sentences;
+    size_t k, offset;
+    int have_space, have_target, have_weights;
     cmr_space space, target;
+    float w_image, w_text;
     cmr_where where;
 } search_request;
+
+static int parse_weight(const char *option, const char *text, float *out)
+{
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || *end || !(v >= 0 && v <= 1e6))
+        return cmr_fail(CMR_EINVAL, "%s: '%s' is not a weight (a number, at least 0)", option, text);
+    *out = (float)v;
+    return 0;
+}
 
 static int check_request(search_request *r)
 {
@@ -58,24 +89,52 @@ static int check_request(search_request *r)
     if (sources != 1)
         return cmr_fail(CMR_EINVAL, "give exactly one query: --text PHRASE, --study DIR, --case ID, --uid UID "
                                     "or --vector FILE.npy (see 'cmrsearch search --help')");
-    if ((r->vector_path || r->text_query || r->study_query) && r->include_same_patient)
+    int is_case = r->case_arg || r->uid;
+    if (!is_case && r->include_same_patient)
         return cmr_fail(CMR_EINVAL, "--include-same-patient applies to --case and --uid queries");
     if (r->text_query && !*r->text_query)
         return cmr_fail(CMR_EINVAL, "--text: the phrase is empty");
-    uint64_t k = DEFAULT_K;
+    if (r->k_text && r->limit_text)
+        return cmr_fail(CMR_EINVAL, "-k and --limit are the same option; give one");
+    uint64_t v = DEFAULT_K;
     int rc;
-    if (r->k_text && (rc = cmr_cli_parse_u64("-k", r->k_text, 1, MAX_K, &k)))
+    if ((r->k_text || r->limit_text) &&
+        (rc = cmr_cli_parse_u64(r->k_text ? "-k" : "--limit", r->k_text ? r->k_text : r->limit_text, 1, MAX_K, &v)))
         return rc;
-    r->k = (size_t)k;
-    r->space = r->text_query ? CMR_SPACE_TEXT : CMR_SPACE_IMAGE;
-    if (r->space_text && (r->text_query || r->study_query))
+    r->k = (size_t)v;
+    v = 0;
+    if (r->offset_text && (rc = cmr_cli_parse_u64("--offset", r->offset_text, 0, MAX_K, &v)))
+        return rc;
+    r->offset = (size_t)v;
+    if (r->offset + r->k > MAX_K)
+        return cmr_fail(CMR_EINVAL, "--offset plus the number of results must be at most %d", MAX_K);
+    if (r->space_text && !is_case)
         return cmr_fail(CMR_EINVAL, "--space applies to --case and --uid queries (a phrase is text, a study image)");
     if (r->space_text && cmr_space_parse(r->space_text, &r->space) != 0)
         return cmr_fail(CMR_EINVAL, "--space: '%s' is not a space (image or text)", r->space_text);
-    /* A phrase finds studies by default: the cross-modal search CMR-CLIP is for. */
-    r->target = r->text_query ? CMR_SPACE_IMAGE : r->space;
+    r->have_space = r->space_text != NULL;
     if (r->target_text && cmr_space_parse(r->target_text, &r->target) != 0)
         return cmr_fail(CMR_EINVAL, "--target: '%s' is not a space (image or text)", r->target_text);
+    /* --space alone searches that space, as before fusion existed. */
+    r->have_target = r->target_text != NULL || r->have_space;
+    if (!r->target_text && r->have_space)
+        r->target = r->space;
+    if (!!r->w_image_text != !!r->w_text_text)
+        return cmr_fail(CMR_EINVAL, "give both --w-image and --w-text");
+    if (r->w_image_text && r->have_target)
+        return cmr_fail(CMR_EINVAL, "--target (or --space) searches one space: it cannot be combined with "
+                                    "--w-image/--w-text");
+    if (r->w_image_text && ((rc = parse_weight("--w-image", r->w_image_text, &r->w_image)) ||
+                            (rc = parse_weight("--w-text", r->w_text_text, &r->w_text))))
+        return rc;
+    if (r->w_image_text && !(r->w_image + r->w_text > 0))
+        return cmr_fail(CMR_EINVAL, "--w-image and --w-text cannot both be 0");
+    r->have_weights = r->w_image_text != NULL;
+    if (r->have_target) {
+        r->have_weights = 1;
+        r->w_image = r->target == CMR_SPACE_IMAGE;
+        r->w_text = r->target == CMR_SPACE_TEXT;
+    }
     if (r->where_text && (rc = cmr_where_parse(r->where_text, &r->where)))
         return rc;
     return 0;
@@ -118,60 +177,19 @@ static int read_query_vector(cmr_store *store, const char *path, float **out)
     return rc;
 }
 
-/* The one study under dir, through the model. */
-static int embed_study_dir(cmr_model *m, const char *dir, float *out)
+static const char *query_kind_name(const search_request *r)
 {
-    cmr_archive *a = NULL;
-    const char *roots[1] = {dir};
-    cmr_scan_options so = {0};
-    cmr_input_spec spec;
-    float *tensor = NULL;
-    cmr_tensor_info info;
-    int rc = cmr_archive_scan(roots, 1, &so, &a);
-    if (rc == 0 && a->n_studies != 1)
-        rc = cmr_fail(CMR_EINVAL, "--study %s: %zu DICOM studies found there; give the folder of one study", dir,
-                      a->n_studies);
-    if (rc == 0 && (rc = cmr_cli_input_spec(m, &spec)) == 0 &&
-        (rc = cmr_study_tensor(&a->studies[0], &spec, &tensor, &info)) == 0)
-        rc = cmr_model_encode_study(m, tensor, spec.frames, out);
-    free(tensor);
-    cmr_archive_free(a);
-    return rc;
+    return r->text_query ? "text" : r->study_query ? "study" : r->vector_path ? "vector" : "case";
 }
 
-/* Similarity of each hit to the query vector q (of space r->space) in both
- * spaces; NaN where the hit has no vector of that space. */
-typedef struct hit_sims {
-    double sim[CMR_NSPACES];
-} hit_sims;
-
-static hit_sims *similarities(cmr_store *store, const cmr_hits *hits, const float *q, unsigned dim)
+static json_t *results_to_json(const search_request *r, const cmr_results *res, const cmr_case *query)
 {
-    hit_sims *out = calloc(hits->n ? hits->n : 1, sizeof *out);
-    float *v = malloc((dim ? dim : 1) * sizeof *v);
-    for (size_t i = 0; out && v && i < hits->n; i++)
-        for (int s = 0; s < CMR_NSPACES; s++) {
-            out[i].sim[s] = NAN;
-            if (q && cmr_store_get_vector(store, hits->hits[i].id, (cmr_space)s, v) == 0) {
-                double dot = 0;
-                for (unsigned e = 0; e < dim; e++)
-                    dot += (double)q[e] * v[e];
-                out[i].sim[s] = dot;
-            }
-        }
-    free(v);
-    cmr_clear_error();
-    return out;
-}
-
-static json_t *number_or_null(double x) { return isnan(x) ? json_null() : json_real(x); }
-
-static json_t *hits_to_json(const search_request *r, const cmr_hits *hits, const cmr_case *query,
-                            const hit_sims *sims)
-{
-    json_t *q = json_object(), *results = json_array();
-    if (!q || !results)
-        goto fail;
+    json_t *doc = cmr_results_to_json(res, cmr_case_to_json), *q = json_object();
+    if (!doc || !q) {
+        json_decref(doc);
+        json_decref(q);
+        return NULL;
+    }
     if (query) {
         json_object_set_new(q, "case", json_integer((json_int_t)query->id));
         json_object_set_new(q, "study_uid", cmr_json_text(query->study_uid));
@@ -182,101 +200,141 @@ static json_t *hits_to_json(const search_request *r, const cmr_hits *hits, const
     } else {
         json_object_set_new(q, "vector", cmr_json_text(r->vector_path));
     }
-    json_object_set_new(q, "space", json_string(cmr_space_name(r->space)));
-    json_object_set_new(q, "target", json_string(cmr_space_name(r->target)));
+    json_object_set_new(q, "kind", json_string(query_kind_name(r)));
+    if (r->have_space)
+        json_object_set_new(q, "space", json_string(cmr_space_name(r->space)));
+    if (r->have_target)
+        json_object_set_new(q, "target", json_string(cmr_space_name(r->target)));
     json_object_set_new(q, "k", json_integer((json_int_t)r->k));
+    json_object_set_new(q, "offset", json_integer((json_int_t)r->offset));
+    json_object_set_new(q, "one_per_patient", json_boolean(r->one_per_patient));
     json_object_set_new(q, "include_same_patient", json_boolean(r->include_same_patient));
     json_object_set_new(q, "where", cmr_json_text(r->where_text));
-    json_object_set_new(q, "filter", cmr_filter_to_json(&r->where.filter));
-    for (size_t i = 0; i < hits->n; i++) {
-        const cmr_hit *h = &hits->hits[i];
-        json_t *item = json_pack("{s:I, s:I, s:f, s:{s:s, s:s, s:f}, s:o}", "rank", (json_int_t)i + 1,
-                                 "id", (json_int_t)h->id, "score", (double)h->score, "match",
-                                 "query_space", cmr_space_name(r->space), "target_space",
-                                 cmr_space_name(r->target), "cosine", (double)h->score, "case",
-                                 cmr_case_to_json(h->record));
-        if (item && sims)
-            json_object_set_new(item, "similarity",
-                                json_pack("{s:o, s:o}", "image", number_or_null(sims[i].sim[CMR_SPACE_IMAGE]), "text",
-                                          number_or_null(sims[i].sim[CMR_SPACE_TEXT])));
-        if (!item || json_array_append_new(results, item))
-            goto fail;
+    json_t *filter = cmr_filter_to_json(&r->where.filter);
+    if (filter && r->where.filter.n_finding_bounds) {
+        json_t *fb = json_object();
+        for (size_t i = 0; i < r->where.filter.n_finding_bounds; i++) {
+            const cmr_finding_bound *b = &r->where.filter.finding_bounds[i];
+            json_object_set_new(fb, b->name, json_pack("{s:f, s:f}", "min", (double)b->min, "max", (double)b->max));
+        }
+        json_object_set_new(filter, "findings", fb);
     }
-    return json_pack("{s:o, s:I, s:b, s:i, s:o}", "query", q, "n_matching",
-                     (json_int_t)hits->n_matching, "exact", hits->exact, "nprobe",
-                     (int)hits->nprobe, "results", results);
-fail:
-    json_decref(q);
-    json_decref(results);
-    return NULL;
+    json_object_set_new(q, "filter", filter);
+    json_object_set_new(doc, "query", q);
+    return doc;
 }
 
-static void print_hits(FILE *out, const search_request *r, const cmr_hits *hits,
-                       const cmr_case *query, const hit_sims *sims)
+/* The where text on one line, however the shell quoting spread it. */
+static void print_where(FILE *out, const char *p)
+{
+    fputs("where: ", out);
+    while (isspace((unsigned char)*p))
+        p++;
+    for (; *p; p++)
+        if (!isspace((unsigned char)*p))
+            fputc(*p, out);
+        else if (p[1] && !isspace((unsigned char)p[1]))
+            fputc(' ', out);
+    fputc('\n', out);
+}
+
+/* "lge 0.91, lv_hypertrophy 0.77; dx hcm 0.64": the three likeliest
+ * findings and the likeliest diagnosis. */
+static void format_findings(const cmr_case *c, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    int used[CMR_STORE_FINDINGS_MAX] = {0};
+    size_t len = 0;
+    for (int shown = 0; shown < 3; shown++) {
+        int best = -1;
+        for (size_t i = 0; i < c->n_findings && i < CMR_STORE_FINDINGS_MAX; i++) {
+            size_t b;
+            if (used[i] || cmr_finding_lookup(c->findings[i].name, &b) ||
+                cmr_finding_bank(b)->kind != CMR_FINDING_BINARY)
+                continue;
+            if (best < 0 || c->findings[i].score > c->findings[best].score)
+                best = (int)i;
+        }
+        if (best < 0)
+            break;
+        used[best] = 1;
+        len += (size_t)snprintf(buf + len, len < cap ? cap - len : 0, "%s%s %.2f", shown ? ", " : "",
+                                c->findings[best].name, (double)c->findings[best].score);
+    }
+    int dx = -1;
+    for (size_t i = 0; i < c->n_findings; i++) {
+        size_t b;
+        if (cmr_finding_lookup(c->findings[i].name, &b) == 0 && cmr_finding_bank(b)->kind == CMR_FINDING_DIAGNOSIS &&
+            (dx < 0 || c->findings[i].score > c->findings[dx].score))
+            dx = (int)i;
+    }
+    cmr_clear_error();
+    if (dx >= 0 && len < cap)
+        snprintf(buf + len, cap - len, "%sdiagnosis %s %.2f", len ? "; " : "", c->findings[dx].name,
+                 (double)c->findings[dx].score);
+}
+
+static void print_results(FILE *out, const search_request *r, const cmr_results *res, const cmr_case *query)
 {
     if (r->text_query)
-        fprintf(out, "query: \"%s\" (text) against %s vectors\n", r->text_query, cmr_space_name(r->target));
+        fprintf(out, "query: \"%s\" (text)", r->text_query);
     else if (r->study_query)
-        fprintf(out, "query: study %s (image) against %s vectors\n", r->study_query, cmr_space_name(r->target));
+        fprintf(out, "query: study %s (image)", r->study_query);
     else if (query)
-        fprintf(out, "query: case %llu (study %s), %s vector against %s vectors\n",
-                (unsigned long long)query->id, query->study_uid, cmr_space_name(r->space),
-                cmr_space_name(r->target));
+        fprintf(out, "query: case %llu (study %s)%s%s", (unsigned long long)query->id, query->study_uid,
+                r->have_space ? ", its vector of space " : "", r->have_space ? cmr_space_name(r->space) : "");
     else
-        fprintf(out, "query: vector %s against %s vectors\n", r->vector_path,
-                cmr_space_name(r->target));
-    if (r->where_text) {
-        /* one line, however the shell quoting spread it */
-        fputs("where: ", out);
-        const char *p = r->where_text;
-        while (isspace((unsigned char)*p))
-            p++;
-        for (; *p; p++)
-            if (!isspace((unsigned char)*p))
-                fputc(*p, out);
-            else if (p[1] && !isspace((unsigned char)p[1]))
-                fputc(' ', out);
-        fputc('\n', out);
-    }
-    if (hits->exact)
-        fprintf(out, "%zu of %llu cases that qualify (exact scan)\n", hits->n,
-                (unsigned long long)hits->n_matching);
-    else
-        fprintf(out, "%zu of %llu cases that qualify (approximate: %u index lists probed)\n",
-                hits->n, (unsigned long long)hits->n_matching, hits->nprobe);
-    if (hits->n == 0)
+        fprintf(out, "query: vector %s", r->vector_path);
+    fprintf(out, "; fusion: image %.2f, text %.2f\n", (double)res->w_image, (double)res->w_text);
+    if (r->where_text)
+        print_where(out, r->where_text);
+    fprintf(out, "results %zu to %zu%s of %llu cases that qualify%s%s\n", res->n ? res->offset + 1 : res->offset,
+            res->offset + res->n, res->more ? " (more follow)" : "", (unsigned long long)res->n_matching,
+            r->one_per_patient ? ", one per patient" : "",
+            res->exact ? "" : " (ranking not proven complete: widen --limit or the filter)");
+    if (res->n == 0)
         return;
     int uid_width = 9;
-    for (size_t i = 0; i < hits->n; i++) {
-        int len = (int)strlen(hits->hits[i].record->study_uid);
+    for (size_t i = 0; i < res->n; i++) {
+        int len = (int)strlen(res->items[i].record->study_uid);
         uid_width = len > uid_width ? len : uid_width;
     }
     fprintf(out, "\n%4s  %7s  %6s  %6s  %6s  %-*s  %-10s  %-16s  %-3s  %3s  %s\n", "rank", "score", "image", "text",
             "case", uid_width, "study uid", "date", "site", "sex", "age", "diagnoses");
-    for (size_t i = 0; i < hits->n; i++) {
-        const cmr_hit *h = &hits->hits[i];
+    for (size_t i = 0; i < res->n; i++) {
+        const cmr_result *h = &res->items[i];
         const cmr_case *c = h->record;
-        char date[11], age[8], dx[256] = "";
+        char date[11], age[8], dx[256] = "", sim[2][16], findings[256], views[128] = "";
         cmr_cli_format_date(c->study_date, date);
         snprintf(age, sizeof age, "%d", c->age_years);
         for (size_t d = 0; d < c->n_diagnoses; d++) {
             strncat(dx, d ? ", " : "", sizeof dx - strlen(dx) - 1);
             strncat(dx, c->diagnoses[d].code, sizeof dx - strlen(dx) - 1);
         }
-        char sim[2][16];
-        for (int sp = 0; sp < 2; sp++) {
-            double x = sims ? sims[i].sim[sp] : NAN;
-            snprintf(sim[sp], sizeof sim[sp], isnan(x) ? "-" : "%.4f", x);
-        }
-        fprintf(out, "%4zu  %7.4f  %6s  %6s  %6llu  %-*s  %-10s  %-16.16s  %-3c  %3s  %s\n", i + 1,
+        for (int sp = 0; sp < 2; sp++)
+            snprintf(sim[sp], sizeof sim[sp], isnan(h->sim[sp]) ? "-" : "%.4f", (double)h->sim[sp]);
+        fprintf(out, "%4zu  %7.4f  %6s  %6s  %6llu  %-*s  %-10s  %-16.16s  %-3c  %3s  %s\n", res->offset + i + 1,
                 (double)h->score, sim[CMR_SPACE_IMAGE], sim[CMR_SPACE_TEXT], (unsigned long long)h->id, uid_width,
                 c->study_uid, date[0] ? date : "-", c->site ? c->site : "-", c->sex ? c->sex : '-',
                 c->age_years >= 0 ? age : "-", dx[0] ? dx : "-");
-        if (c->impression) {
+        if (h->sentence) {
+            size_t n = strlen(h->sentence);
+            fprintf(out, "      closest: \"%.*s%s\" (%.2f)\n", (int)(n > 100 ? 97 : n), h->sentence,
+                    n > 100 ? "..." : "", (double)h->sentence_sim);
+        } else if (c->impression) {
             /* The first line of the impression, shortened to a terminal's width. */
             size_t n = strcspn(c->impression, "\n");
             fprintf(out, "      %.*s%s\n", (int)(n > 110 ? 107 : n), c->impression, n > 110 ? "..." : "");
         }
+        format_findings(c, findings, sizeof findings);
+        for (size_t v = 0; v < h->n_views; v++) {
+            strncat(views, v ? " " : "", sizeof views - strlen(views) - 1);
+            strncat(views, h->views[v], sizeof views - strlen(views) - 1);
+        }
+        fprintf(out, "      findings: %s | views: %s", findings[0] ? findings : "-", views[0] ? views : "-");
+        if (h->n_folded)
+            fprintf(out, " | %zu more of this patient", h->n_folded);
+        fputc('\n', out);
     }
 }
 
@@ -292,10 +350,16 @@ int cmr_cmd_search(cmr_cli *cli, int argc, char **argv)
         {"study", 0, &r.study_query, NULL},
         {"model", 0, &r.model_path, NULL},
         {"k", 'k', &r.k_text, NULL},
+        {"limit", 0, &r.limit_text, NULL},
+        {"offset", 0, &r.offset_text, NULL},
         {"space", 0, &r.space_text, NULL},
         {"target", 0, &r.target_text, NULL},
+        {"w-image", 0, &r.w_image_text, NULL},
+        {"w-text", 0, &r.w_text_text, NULL},
         {"where", 0, &r.where_text, NULL},
+        {"one-per-patient", 0, NULL, &r.one_per_patient},
         {"include-same-patient", 0, NULL, &r.include_same_patient},
+        {"no-sentences", 0, NULL, &r.no_sentences},
         {"json", 0, NULL, &cli->json},
     };
     size_t n_pos;
@@ -306,9 +370,9 @@ int cmr_cmd_search(cmr_cli *cli, int argc, char **argv)
         return rc < 0 ? rc : 0;
     cmr_store *store = NULL;
     cmr_case *query = NULL;
-    cmr_hits *hits = NULL;
     cmr_model *model = NULL;
-    hit_sims *sims = NULL;
+    cmr_searcher *searcher = NULL;
+    cmr_results *res = NULL;
     float *vector = NULL;
     unsigned dim = 0;
     if ((rc = check_request(&r)))
@@ -316,48 +380,63 @@ int cmr_cmd_search(cmr_cli *cli, int argc, char **argv)
     /* Read-only: a search never writes, and may run beside an import. */
     if ((rc = cmr_cli_open_store(cli, r.db, CMR_STORE_RDONLY, &store)))
         goto done;
-    const cmr_filter *filter = r.where_text ? &r.where.filter : NULL;
     cmr_store_model(store, NULL, NULL, &dim);
-    if (r.text_query || r.study_query) {
-        if (!dim) {
-            rc = cmr_fail(CMR_ENOTFOUND, "the store has no vectors yet: index it with a model first");
-            goto done;
-        }
-        if ((rc = cmr_cli_open_model(r.model_path, store, 1, &model)))
-            goto done;
-        if (!(vector = malloc(dim * sizeof *vector))) {
-            rc = cmr_fail(CMR_ENOMEM, "out of memory");
-            goto done;
-        }
-        if ((rc = r.text_query ? cmr_model_encode_text(model, r.text_query, vector)
-                               : embed_study_dir(model, r.study_query, vector)) ||
-            (rc = cmr_store_search(store, r.target, vector, r.k, filter, &hits)))
-            goto done;
-    } else if (r.vector_path) {
-        if ((rc = read_query_vector(store, r.vector_path, &vector)) ||
-            (rc = cmr_store_search(store, r.target, vector, r.k, filter, &hits)))
-            goto done;
-    } else {
-        uint64_t id;
-        if ((rc = resolve_case(store, &r, &id)) || (rc = cmr_store_get(store, id, &query)) ||
-            (rc = cmr_store_search_case(store, id, r.space, r.target, r.k, filter,
-                                        r.include_same_patient, &hits)))
-            goto done;
-        if ((vector = malloc((dim ? dim : 1) * sizeof *vector)) &&
-            cmr_store_get_vector(store, id, r.space, vector) != 0) {
-            free(vector);
-            vector = NULL;
-        }
+    int needs_model = r.text_query || r.study_query;
+    if (needs_model && !dim) {
+        rc = cmr_fail(CMR_ENOTFOUND, "the store has no vectors yet: index it with a model first");
+        goto done;
     }
-    sims = similarities(store, hits, vector, dim);
+    /* The model also explains hits (closest sentence); case and vector
+     * queries go on without one when none is installed. */
+    if (dim && (needs_model || !r.no_sentences) &&
+        (rc = cmr_cli_open_model(r.model_path, store, needs_model || r.model_path, &model))) {
+        if (needs_model || r.model_path)
+            goto done;
+        cmr_clear_error();
+        model = NULL;
+        rc = 0;
+    }
+    if ((rc = cmr_searcher_open(store, model, &searcher)))
+        goto done;
+    cmr_query q = {
+        .filter = r.where_text ? &r.where.filter : NULL,
+        .offset = r.offset,
+        .limit = r.k,
+        .one_per_patient = r.one_per_patient,
+        .include_same_patient = r.include_same_patient,
+        .set_weights = r.have_weights,
+        .w_image = r.w_image,
+        .w_text = r.w_text,
+        .no_sentences = r.no_sentences,
+    };
+    if (r.text_query) {
+        q.kind = CMR_QUERY_TEXT;
+        q.text = r.text_query;
+    } else if (r.study_query) {
+        q.kind = CMR_QUERY_STUDY;
+        q.study_dir = r.study_query;
+    } else if (r.vector_path) {
+        q.kind = CMR_QUERY_VECTOR;
+        if ((rc = read_query_vector(store, r.vector_path, &vector)))
+            goto done;
+        q.vector = vector;
+    } else {
+        q.kind = CMR_QUERY_CASE;
+        if ((rc = resolve_case(store, &r, &q.case_id)) || (rc = cmr_store_get(store, q.case_id, &query)))
+            goto done;
+        q.use_space = r.have_space;
+        q.space = r.space;
+    }
+    if ((rc = cmr_searcher_search(searcher, &q, &res)))
+        goto done;
     if (cli->json)
-        rc = cmr_cli_print_json(cli, hits_to_json(&r, hits, query, sims));
+        rc = cmr_cli_print_json(cli, results_to_json(&r, res, query));
     else
-        print_hits(cli->out, &r, hits, query, sims);
+        print_results(cli->out, &r, res, query);
 done:
-    free(sims);
+    cmr_results_free(res);
+    cmr_searcher_close(searcher);
     cmr_model_close(model);
-    cmr_hits_free(hits);
     cmr_case_free(query);
     free(vector);
     cmr_where_free(&r.where);

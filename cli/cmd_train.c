@@ -7,10 +7,11 @@
 #include "cmr_model.h"
 
 static const char usage[] =
-    "usage: cmrsearch train --db DIR --out MODEL_DIR [--init MODEL_DIR] [--epochs N] [--batch N]\n"
+    "usage: cmrsearch train --db DIR --out MODEL_DIR [--init MODEL_DIR] [--frames N] [--epochs N] [--batch N]\n"
     "                       [--lr X] [--weight-decay X] [--temperature T] [--learn-temperature]\n"
     "                       [--val-fraction F] [--patience N] [--seed S] [--name NAME]\n"
     "                       [--checkpoint FILE] [--threads N] [--json]\n"
+    "       cmrsearch train --db DIR --continue --out MODEL_DIR [--model DIR] [--epochs N] ...\n"
     "\n"
     "Trains the compact model (docs/compact-model.md) on every case of the store\n"
     "that has an impression: its study is read again from the folder recorded at\n"
@@ -20,8 +21,16 @@ static const char usage[] =
     "written to MODEL_DIR.  Deterministic for a seed; with --checkpoint an\n"
     "interrupted run resumes where it stopped.\n"
     "\n"
+    "--continue fine-tunes the store's own model (found as --model, then\n"
+    "$CMRSEARCH_MODEL, then the default model; it must be the store's) on all\n"
+    "its pairs, those indexed since included, writes it to MODEL_DIR, then moves\n"
+    "the store to it: every case re-embedded and the model replaced in one\n"
+    "transaction (as 'index --reembed'), so the store never mixes two models.\n"
+    "Use MODEL_DIR as --model (or $CMRSEARCH_MODEL) from then on.\n"
+    "\n"
     "  --init DIR          fine-tune this compact model instead of starting afresh\n"
     "                      (learning rate default 2e-4 instead of 2e-3)\n"
+    "  --frames N          a new model's input frames, a multiple of 4 (default 16)\n"
     "  --epochs N          at most N epochs (default 30)\n"
     "  --batch N           pairs per step (default 32)\n"
     "  --lr X              peak learning rate (warm-up 1 epoch, cosine decay)\n"
@@ -204,15 +213,17 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *out_dir = NULL, *init = NULL, *epochs = NULL, *batch = NULL, *lr = NULL, *wd = NULL,
                *temp = NULL, *valf = NULL, *patience = NULL, *seed = NULL, *name = NULL, *checkpoint = NULL,
-               *threads_text = NULL;
-    int learn_temp = 0;
+               *threads_text = NULL, *frames = NULL;
+    int learn_temp = 0, cont = 0;
+    const char *model_path = NULL;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},           {"out", 0, &out_dir, NULL},        {"init", 0, &init, NULL},
-        {"epochs", 0, &epochs, NULL},   {"batch", 0, &batch, NULL},        {"lr", 0, &lr, NULL},
+        {"frames", 0, &frames, NULL},   {"epochs", 0, &epochs, NULL},   {"batch", 0, &batch, NULL},        {"lr", 0, &lr, NULL},
         {"weight-decay", 0, &wd, NULL}, {"temperature", 0, &temp, NULL},   {"val-fraction", 0, &valf, NULL},
         {"patience", 0, &patience, NULL}, {"seed", 0, &seed, NULL},        {"name", 0, &name, NULL},
         {"checkpoint", 0, &checkpoint, NULL}, {"threads", 0, &threads_text, NULL},
         {"learn-temperature", 0, NULL, &learn_temp}, {"json", 0, NULL, &cli->json},
+        {"continue", 0, NULL, &cont},   {"model", 0, &model_path, NULL},
     };
     const char *extra[1];
     size_t n_extra;
@@ -224,15 +235,43 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
         return cmr_fail(CMR_EINVAL, "unexpected argument '%s' (see 'cmrsearch train --help')", extra[0]);
     if (!out_dir)
         return cmr_fail(CMR_EINVAL, "--out MODEL_DIR is required");
+    if (model_path && !cont)
+        return cmr_fail(CMR_EINVAL, "--model names the store's model for --continue; to fine-tune another, use --init");
+    if (cont && init)
+        return cmr_fail(CMR_EINVAL, "--continue fine-tunes the store's own model: give it without --init");
     cmr_train_options o;
     cmr_train_options_init(&o);
+    if (cont) {
+        /* The store's model, checked against the store before any work. */
+        cmr_store *check;
+        cmr_model *current = NULL;
+        if (!(init = cmr_cli_model_dir(model_path)))
+            return cmr_fail(CMR_ENOTFOUND, "--continue: no model to continue (give --model DIR)");
+        if ((rc = cmr_cli_open_store(cli, db, CMR_STORE_RDONLY, &check)))
+            return rc;
+        unsigned dim;
+        cmr_store_model(check, NULL, NULL, &dim);
+        if (!dim)
+            rc = cmr_fail(CMR_EINVAL, "--continue: the store has no model yet (index it with one, or train afresh)");
+        else
+            rc = cmr_cli_open_model(init, check, 1, &current);
+        cmr_model_close(current);
+        cmr_store_close(check);
+        if (rc)
+            return rc;
+        o.epochs = 5; /* a fine-tune: a few passes over the pairs */
+    }
     o.init = init;
     if (init)
         o.lr = 2e-4f;
     uint64_t v;
     if (name)
         o.name = name;
-    if (epochs && !(rc = cmr_cli_parse_u64("--epochs", epochs, 1, 10000, &v)))
+    if (frames && init)
+        return cmr_fail(CMR_EINVAL, "--frames applies to a new model; a fine-tuned one keeps --init's input");
+    if (frames && !(rc = cmr_cli_parse_u64("--frames", frames, 4, 256, &v)))
+        o.frames = (unsigned)v;
+    if (!rc && epochs && !(rc = cmr_cli_parse_u64("--epochs", epochs, 1, 10000, &v)))
         o.epochs = (unsigned)v;
     if (!rc && batch && !(rc = cmr_cli_parse_u64("--batch", batch, 2, 4096, &v)))
         o.batch = (unsigned)v;
@@ -272,12 +311,25 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
     free_inputs(&in);
     if (rc)
         return rc;
+    cmr_reembed_summary moved = {0};
+    if (cont) {
+        cmr_model *trained = NULL;
+        if ((rc = cmr_cli_open_store(cli, db, 0, &store)))
+            return rc;
+        cmr_store_set_progress(store, cmr_cli_progress, cli);
+        if ((rc = cmr_model_open(out_dir, &trained)) == 0)
+            rc = cmr_cli_reembed(cli, store, trained, (unsigned)threads, 0, &moved);
+        cmr_model_close(trained);
+        if ((rc = cmr_cli_close_store(store, rc)))
+            return cmr_fail_context(rc, "%s was trained, but the store still holds the old model's vectors: ", out_dir);
+    }
     if (cli->json)
         return cmr_cli_print_json(
-            cli, json_pack("{s:s, s:I, s:I, s:I, s:i, s:i, s:f, s:f, s:f, s:b}", "model", out_dir, "pairs",
+            cli, json_pack("{s:s, s:I, s:I, s:I, s:i, s:i, s:f, s:f, s:f, s:b, s:I}", "model", out_dir, "pairs",
                            (json_int_t)set.n, "train_pairs", (json_int_t)r.n_train, "val_pairs", (json_int_t)r.n_val,
                            "epochs_run", (int)r.epochs_run, "best_epoch", (int)r.best_epoch, "best_val_r10",
-                           r.best_val_r10, "final_loss", r.final_loss, "seconds", r.seconds, "resumed", r.resumed));
+                           r.best_val_r10, "final_loss", r.final_loss, "seconds", r.seconds, "resumed", r.resumed,
+                           "reembedded", (json_int_t)moved.cases));
     fprintf(cli->out, "trained %s on %zu pairs (%zu train, %zu validation%s) in %.0f s\n", out_dir, set.n, r.n_train,
             r.n_val, missing ? ", some studies unreadable" : "", r.seconds);
     fprintf(cli->out, "best epoch %u of %u: validation R@10 %.3f; final training loss %.4f%s\n", r.best_epoch,
@@ -285,5 +337,8 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
     if (missing)
         fprintf(cli->out, "%zu studies with an impression could not be built into the model input and were left out\n",
                 missing);
+    if (cont)
+        fprintf(cli->out, "the store now holds %s's vectors: %zu cases re-embedded (%zu image, %zu impression vectors); "
+                          "use --model %s from now on\n", out_dir, moved.cases, moved.images, moved.texts, out_dir);
     return 0;
 }

@@ -95,6 +95,21 @@ int cmr_cli_input_spec(const struct cmr_model *m, cmr_input_spec *spec);
 struct cmr_model_input;
 int cmr_cli_spec_from(const struct cmr_model_input *in, const char *model_name, cmr_input_spec *spec);
 
+/* Move store to model (reembed.c): every case's study read again from its
+ * recorded folder and embedded with its impression, then the model and all
+ * vectors replaced in one write transaction.  Studies that cannot be read
+ * make it fail with nothing changed, unless keep_unreadable (those cases keep
+ * their text vector only). */
+typedef struct cmr_reembed_summary {
+    size_t cases, images, texts, unreadable;
+} cmr_reembed_summary;
+int cmr_cli_reembed(cmr_cli *cli, cmr_store *store, struct cmr_model *model, unsigned threads, int keep_unreadable,
+                    cmr_reembed_summary *summary);
+
+/* The model directory a command uses: explicit_dir, else $CMRSEARCH_MODEL,
+ * else the default model; NULL when none is installed. */
+const char *cmr_cli_model_dir(const char *explicit_dir);
+
 int cmr_cmd_init(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_index(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_import(cmr_cli *cli, int argc, char **argv);
@@ -105,6 +120,9 @@ int cmr_cmd_reindex(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_stats(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_eval(cmr_cli *cli, int argc, char **argv);
 int cmr_cmd_train(cmr_cli *cli, int argc, char **argv);
+int cmr_cmd_serve(cmr_cli *cli, int argc, char **argv);    /* cmd_serve.c */
+int cmr_cmd_querylog(cmr_cli *cli, int argc, char **argv); /* cmd_serve.c */
+int cmr_cmd_audit(cmr_cli *cli, int argc, char **argv);
 
 /* ---- .npy files ------------------------------------------------------------ */
 
@@ -171,6 +189,7 @@ typedef struct cmr_where {
     cmr_filter filter;   /* strings point into the allocation */
     char *text;          /* storage for values */
     const char **diagnoses;
+    cmr_finding_bound *bounds; /* finding bounds; names are the prompt bank's keys */
 } cmr_where;
 
 /* Parse an expression ("diagnosis in (I42.1, E85.4) and age between 40 and
@@ -180,9 +199,8 @@ void cmr_where_free(cmr_where *w);
 
 /* ---- JSON and text rendering ------------------------------------------------- */
 
-/* A JSON string, or null for NULL.  Text meant to be UTF-8 that is not (a
- * path or argument in another encoding, a record from a buggy producer) is
- * shown with '?' for the bad bytes rather than lost or failing the output. */
+/* cmr_json_text (a string or null, bad UTF-8 shown as '?') is the
+ * searcher's: searcher/cmr_searcher.h. */
 json_t *cmr_json_text(const char *s);
 /* A case as JSON: every field, patient key as hex, no patient identity. */
 json_t *cmr_case_to_json(const cmr_case *c);

@@ -105,18 +105,25 @@ uint64_t eval_rng_next(uint64_t *state);
 #define EVAL_MAX_PROMPTS 8
 
 /* Built-in prompts of a phantom diagnosis key, NULL-terminated; NULL when
- * the bank has none for label. */
+ * the bank has none for label.  The bank is the searcher's
+ * (searcher/findings.c): one set of prompts for eval and search. */
 const char *const *eval_bank_prompts(const char *label);
 
-/* Findings derived from truth.json params, with the paper's prompts. */
+/* Findings derived from truth.json params, with the paper's prompts (the
+ * positive prompts of the searcher's bank under the same key). */
 enum { EVAL_F_LV_DYS, EVAL_F_RV_DYS, EVAL_F_LV_DIL, EVAL_F_RV_DIL, EVAL_F_LVH, EVAL_F_LGE,
        EVAL_N_FINDINGS };
 typedef struct eval_finding_def {
     const char *name, *rule;
-    const char *prompts[EVAL_MAX_PROMPTS];
+    const char *const *prompts; /* NULL-terminated */
 } eval_finding_def;
-extern const eval_finding_def eval_findings[EVAL_N_FINDINGS];
-extern const char eval_negation_prompt[]; /* "no late gadolinium enhancement" */
+/* The table and the negation prompt come from the searcher's bank, which a
+ * static initialiser cannot reach: they are filled on first use and read
+ * through these names. */
+const eval_finding_def *eval_finding_table(void);
+const char *eval_negation_text(void); /* the lge negative: "no late gadolinium enhancement" */
+#define eval_findings (eval_finding_table())
+#define eval_negation_prompt (eval_negation_text())
 
 /* Finding f of a study of diagnosis dx and sex ("F", "M" or NULL) from its
  * truth.json params: 1 present, 0 absent, -1 unknown. */

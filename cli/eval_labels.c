@@ -7,60 +7,70 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+
 #include "cmr_error.h"
+#include "cmr_searcher.h"
 #include "eval.h"
 
-typedef struct prompt_set {
-    const char *key;
-    const char *prompts[EVAL_MAX_PROMPTS];
-} prompt_set;
-
-/* One short phrase per diagnosis, as a cardiologist would write it: the
- * quality bar asks for "one short prompt per class". */
-static const prompt_set diagnosis_bank[] = {
-    {"normal", {"normal cardiac MRI"}},
-    {"hcm", {"hypertrophic cardiomyopathy"}},
-    {"amyloidosis", {"cardiac amyloidosis"}},
-    {"dcm", {"dilated cardiomyopathy"}},
-    {"icm", {"ischemic cardiomyopathy"}},
-    {"myocarditis", {"myocarditis"}},
-    {"sarcoidosis", {"cardiac sarcoidosis"}},
-    {"lvnc", {"left ventricular noncompaction"}},
-    {"fabry", {"Fabry disease"}},
-    {"arvc", {"arrhythmogenic right ventricular cardiomyopathy"}},
+/* The rules by which truth.json gives each CMR-CLIP finding; the prompts
+ * are the searcher's bank's (searcher/findings.c). */
+static const struct {
+    const char *name, *rule;
+} finding_rules[EVAL_N_FINDINGS] = {
+    {"lv_systolic_dysfunction", "LVEF < 50%"},
+    {"rv_systolic_dysfunction", "RVEF < 45%"},
+    {"lv_dilation", "dcm, or LVEDV > 130 mL (F) / 190 mL (M)"},
+    {"rv_dilation", "arvc, or RVEDV > 130 mL (F) / 200 mL (M)"},
+    {"lv_hypertrophy", "max wall >= 13 mm, lvnc excluded"},
+    {"lge", "LGE pattern not none"},
 };
-#define N_BANK (sizeof diagnosis_bank / sizeof diagnosis_bank[0])
 
-/* The paper's published prompts, with our truth.json rule for each. */
-const eval_finding_def eval_findings[EVAL_N_FINDINGS] = {
-    {"lv_systolic_dysfunction", "LVEF < 50%", {"Left ventricle with systolic dysfunction"}},
-    {"rv_systolic_dysfunction", "RVEF < 45%", {"Right ventricle with systolic dysfunction"}},
-    {"lv_dilation", "dcm, or LVEDV > 130 mL (F) / 190 mL (M)",
-     {"Left ventricle is dilated", "Left ventricle is enlarged in size"}},
-    {"rv_dilation", "arvc, or RVEDV > 130 mL (F) / 200 mL (M)",
-     {"Right ventricle is dilated", "Right ventricle is enlarged in size"}},
-    {"lv_hypertrophy", "max wall >= 13 mm, lvnc excluded",
-     {"There is left ventricular hypertrophy", "There is septal hypertrophy", "LV is thickened"}},
-    {"lge", "LGE pattern not none",
-     {"Delayed-enhancement imaging reveals transmural enhancement",
-      "Delayed-enhancement imaging reveals patchy enhancement", "There is a large area of LAD scar"}},
-};
-const char eval_negation_prompt[] = "no late gadolinium enhancement";
+static eval_finding_def finding_table[EVAL_N_FINDINGS];
+static const char *const no_prompts[] = {NULL};
+static pthread_once_t finding_once = PTHREAD_ONCE_INIT;
+
+static void fill_findings(void)
+{
+    for (int f = 0; f < EVAL_N_FINDINGS; f++) {
+        size_t b;
+        /* Every rule's key is in the bank (tests/test_eval.c checks it). */
+        finding_table[f].name = finding_rules[f].name;
+        finding_table[f].rule = finding_rules[f].rule;
+        finding_table[f].prompts = cmr_finding_lookup(finding_rules[f].name, &b) == 0
+                                       ? cmr_finding_bank(b)->paper
+                                       : no_prompts;
+    }
+}
+
+const eval_finding_def *eval_finding_table(void)
+{
+    pthread_once(&finding_once, fill_findings);
+    return finding_table;
+}
+
+const char *eval_negation_text(void)
+{
+    size_t b;
+    return cmr_finding_lookup("lge", &b) == 0 ? cmr_finding_bank(b)->negative[0] : "no late gadolinium enhancement";
+}
 
 const char *const *eval_bank_prompts(const char *label)
 {
-    for (size_t b = 0; b < N_BANK; b++)
-        if (!strcmp(diagnosis_bank[b].key, label))
-            return diagnosis_bank[b].prompts;
-    return NULL;
+    size_t b;
+    if (!label || cmr_finding_lookup(label, &b) != 0) {
+        cmr_clear_error();
+        return NULL;
+    }
+    return cmr_finding_bank(b)->kind == CMR_FINDING_DIAGNOSIS ? cmr_finding_bank(b)->positive : NULL;
 }
 
 /* Position in the bank (normal first, then the five main classes): the
  * order tables and plots show classes in; other labels follow by name. */
 static size_t bank_order(const char *label)
 {
-    size_t b = 0;
-    while (b < N_BANK && strcmp(diagnosis_bank[b].key, label))
+    size_t b = 0, n = cmr_finding_bank_size();
+    while (b < n && (cmr_finding_bank(b)->kind != CMR_FINDING_DIAGNOSIS || strcmp(cmr_finding_bank(b)->key, label)))
         b++;
     return b;
 }

@@ -8,24 +8,6 @@
 
 #include "cmr_cli.h"
 
-json_t *cmr_json_text(const char *s)
-{
-    if (!s)
-        return json_null();
-    json_t *j = json_string(s);
-    if (j)
-        return j;
-    char *copy = strdup(s);
-    if (!copy)
-        return NULL;
-    for (char *p = copy; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            *p = '?';
-    j = json_string(copy);
-    free(copy);
-    return j;
-}
-
 static json_t *date_or_null(int32_t yyyymmdd)
 {
     char date[11];
@@ -88,6 +70,10 @@ json_t *cmr_case_to_json(const cmr_case *c)
     bad |= json_object_set_new(o, "model", cmr_json_text(c->model_id));
     bad |= json_object_set_new(o, "ingest_time", when[0] ? json_string(when) : json_null());
     bad |= json_object_set_new(o, "generation", json_integer((json_int_t)c->generation));
+    json_t *findings = json_object(); /* finding scores (docs/searching.md) */
+    for (size_t i = 0; findings && i < c->n_findings; i++)
+        json_object_set_new(findings, c->findings[i].name, json_real(c->findings[i].score));
+    bad |= json_object_set_new(o, "findings", findings ? findings : json_null());
     if (bad) {
         json_decref(o);
         return NULL;
@@ -175,6 +161,12 @@ void cmr_case_print(FILE *out, const cmr_case *c)
     print_field(out, "ingested", buf);
     snprintf(buf, sizeof buf, "%llu", (unsigned long long)c->generation);
     print_field(out, "generation", buf);
+    if (c->n_findings == 0)
+        print_field(out, "findings", NULL);
+    for (size_t i = 0; i < c->n_findings; i++) {
+        snprintf(buf, sizeof buf, "%-24s %.3f", c->findings[i].name, (double)c->findings[i].score);
+        print_field(out, i == 0 ? "findings" : "", buf);
+    }
 }
 
 json_t *cmr_filter_to_json(const cmr_filter *f)

@@ -25,14 +25,20 @@ const char *cmr_cli_default_model(void)
     return NULL;
 }
 
+const char *cmr_cli_model_dir(const char *explicit_dir)
+{
+    const char *env = getenv("CMRSEARCH_MODEL");
+    if (explicit_dir)
+        return explicit_dir;
+    if (env && *env)
+        return env;
+    return cmr_cli_default_model();
+}
+
 int cmr_cli_open_model(const char *explicit_dir, cmr_store *store, int required, cmr_model **out)
 {
     *out = NULL;
-    const char *dir = explicit_dir, *env = getenv("CMRSEARCH_MODEL");
-    if (!dir && env && *env)
-        dir = env;
-    if (!dir)
-        dir = cmr_cli_default_model();
+    const char *dir = cmr_cli_model_dir(explicit_dir);
     if (!dir) {
         if (!required)
             return 0;
@@ -50,8 +56,9 @@ int cmr_cli_open_model(const char *explicit_dir, cmr_store *store, int required,
                               dim != cmr_model_dim(*out))) {
             rc = cmr_fail(CMR_EMODEL, "the store's vectors come from model %s (weights %.12s..., dimension %u), not "
                                       "from %s (%s, weights %.12s..., dimension %u); vectors of two models are never "
-                                      "mixed: use --model with the store's model, or re-embed the store",
-                          name, hash, dim, dir, cmr_model_name(*out), cmr_model_hash(*out), cmr_model_dim(*out));
+                                      "mixed: use --model with the store's model, or move the store to this one with "
+                                      "'cmrsearch index --db DIR --reembed --model %s'",
+                          name, hash, dim, dir, cmr_model_name(*out), cmr_model_hash(*out), cmr_model_dim(*out), dir);
             cmr_model_close(*out);
             *out = NULL;
         }

@@ -5,7 +5,12 @@
  *            | "date" ( cmp date | "between" date "and" date )
  *            | "age"  ( cmp int  | "between" int "and" int )
  *            | "site" "=" value | "manufacturer" "=" value | "sex" "=" ( F | M | O )
+ *            | "finding" KEY ( cmp p | "between" p "and" p )
+ *            | "has" KEY            (= finding KEY >= 0.5)
+ *            | "lacks" KEY          (= finding KEY < 0.5)
  *   cmp     := "=" | "<" | "<=" | ">" | ">="
+ *   KEY     := a finding of the prompt bank (searcher/cmr_searcher.h): lge, hcm, ...
+ *   p       := a probability, 0 to 1
  *   value   := bare word (letters, digits, non-ASCII, . - _ : / +) | "quoted" | 'quoted'
  *
  * Only conjunctions: cmr_filter is one AND of facets (with "any of" for
@@ -16,7 +21,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include <math.h>
+
 #include "cmr_cli.h"
+#include "cmr_searcher.h"
 
 #define AGE_LIMIT 130
 
@@ -348,11 +356,111 @@ static int parse_age_clause(parser *ps)
     return 0;
 }
 
+/* ---- findings ---- */
+
+static int parse_probability(parser *ps, float *out)
+{
+    const char *t = ps->tok.text;
+    char *end;
+    double v = ps->tok.kind == T_WORD ? strtod(t, &end) : NAN;
+    if (ps->tok.kind != T_WORD || end == t || *end || !(v >= 0 && v <= 1))
+        return token_error(ps, "expected a probability from 0 to 1");
+    *out = (float)v;
+    return next(ps);
+}
+
+/* The bound on finding key (a bank key), created on first use; clauses on
+ * one finding intersect. */
+static int finding_bound(parser *ps, cmr_finding_bound **out)
+{
+    cmr_where *w = ps->out;
+    size_t idx;
+    if (ps->tok.kind != T_WORD && ps->tok.kind != T_STRING)
+        return token_error(ps, "expected a finding (lge, hcm, lv_dilation, ...)");
+    char key[CMR_FINDING_NAME_MAX + 2];
+    snprintf(key, sizeof key, "%s", ps->tok.text);
+    for (char *c = key; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
+    if (strlen(ps->tok.text) > CMR_FINDING_NAME_MAX || cmr_finding_lookup(key, &idx)) {
+        char known[512] = "";
+        for (size_t i = 0; i < cmr_finding_bank_size(); i++) {
+            strncat(known, i ? ", " : "", sizeof known - strlen(known) - 1);
+            strncat(known, cmr_finding_bank(i)->key, sizeof known - strlen(known) - 1);
+        }
+        return token_error(ps, "unknown finding (findings: %s)", known);
+    }
+    const char *name = cmr_finding_bank(idx)->key;
+    for (size_t i = 0; i < w->filter.n_finding_bounds; i++)
+        if (!strcmp(w->bounds[i].name, name)) {
+            *out = &w->bounds[i];
+            return next(ps);
+        }
+    if (w->filter.n_finding_bounds == CMR_STORE_FINDINGS_MAX)
+        return token_error(ps, "too many finding conditions");
+    if (!w->bounds && !(w->bounds = calloc(CMR_STORE_FINDINGS_MAX, sizeof *w->bounds)))
+        return cmr_fail(CMR_ENOMEM, "out of memory");
+    cmr_finding_bound *b = &w->bounds[w->filter.n_finding_bounds++];
+    *b = (cmr_finding_bound){name, 0.0f, 1.0f};
+    w->filter.finding_bounds = w->bounds;
+    *out = b;
+    return next(ps);
+}
+
+static void tighten(cmr_finding_bound *b, float lo, float hi)
+{
+    if (lo > b->min)
+        b->min = lo;
+    if (hi < b->max)
+        b->max = hi;
+}
+
+static int parse_finding_clause(parser *ps, const char *field)
+{
+    cmr_finding_bound *b = NULL;
+    int rc = finding_bound(ps, &b);
+    if (rc)
+        return rc;
+    if (!strcmp(field, "has")) {
+        tighten(b, CMR_FINDING_PRESENT, 1.0f);
+        return 0;
+    }
+    if (!strcmp(field, "lacks")) {
+        tighten(b, 0.0f, nextafterf(CMR_FINDING_PRESENT, 0.0f));
+        return 0;
+    }
+    float v1 = 0, v2 = 0;
+    if (is_keyword(&ps->tok, "between")) {
+        if ((rc = next(ps)) || (rc = parse_probability(ps, &v1)))
+            return rc;
+        if (!is_keyword(&ps->tok, "and"))
+            return token_error(ps, "expected 'and' in 'finding %s between A and B'", b->name);
+        if ((rc = next(ps)) || (rc = parse_probability(ps, &v2)))
+            return rc;
+        tighten(b, v1, v2);
+        return 0;
+    }
+    if (ps->tok.kind != T_OP)
+        return token_error(ps, "expected =, <, <=, >, >= or 'between' after the finding");
+    char op[3];
+    snprintf(op, sizeof op, "%s", ps->tok.text);
+    if ((rc = next(ps)) || (rc = parse_probability(ps, &v1)))
+        return rc;
+    /* Strict comparisons become inclusive bounds one float away. */
+    if (op[0] == '=')
+        tighten(b, v1, v1);
+    else if (op[0] == '>')
+        tighten(b, op[1] == '=' ? v1 : nextafterf(v1, 2.0f), 1.0f);
+    else
+        tighten(b, 0.0f, op[1] == '=' ? v1 : nextafterf(v1, -1.0f));
+    return 0;
+}
+
 static int parse_clause(parser *ps)
 {
     cmr_filter *f = &ps->out->filter;
     if (ps->tok.kind != T_WORD)
-        return token_error(ps, "expected a field: diagnosis, date, age, site, manufacturer or sex");
+        return token_error(ps, "expected a field: diagnosis, date, age, site, manufacturer, sex, "
+                               "finding, has or lacks");
     char field[16];
     snprintf(field, sizeof field, "%s", ps->tok.text);
     for (char *c = field; *c; c++)
@@ -361,13 +469,16 @@ static int parse_clause(parser *ps)
         return token_error(ps, "only 'and' is supported ('diagnosis in (A, B)' matches either code)");
     int known = !strcmp(field, "diagnosis") || !strcmp(field, "dx") || !strcmp(field, "date") ||
                 !strcmp(field, "age") || !strcmp(field, "site") || !strcmp(field, "manufacturer") ||
-                !strcmp(field, "vendor") || !strcmp(field, "sex");
+                !strcmp(field, "vendor") || !strcmp(field, "sex") || !strcmp(field, "finding") ||
+                !strcmp(field, "has") || !strcmp(field, "lacks");
     if (!known || strlen(ps->tok.text) >= sizeof field)
         return token_error(ps, "unknown field; fields are diagnosis, date, age, site, "
-                               "manufacturer and sex");
+                               "manufacturer, sex, finding, has and lacks");
     int rc = next(ps);
     if (rc)
         return rc;
+    if (!strcmp(field, "finding") || !strcmp(field, "has") || !strcmp(field, "lacks"))
+        return parse_finding_clause(ps, field);
     if (!strcmp(field, "diagnosis") || !strcmp(field, "dx"))
         return parse_diagnosis(ps);
     if (!strcmp(field, "date"))
@@ -449,6 +560,13 @@ int cmr_where_parse(const char *expr, cmr_where *out)
     }
     if ((rc = finish_age(&ps)))
         goto fail;
+    for (size_t i = 0; i < f->n_finding_bounds; i++)
+        if (f->finding_bounds[i].min > f->finding_bounds[i].max) {
+            rc = cmr_fail(CMR_EINVAL, "--where: the conditions on finding %s leave no score (from %g to %g)",
+                          f->finding_bounds[i].name, (double)f->finding_bounds[i].min,
+                          (double)f->finding_bounds[i].max);
+            goto fail;
+        }
     return 0;
 fail:
     cmr_where_free(out);
@@ -461,5 +579,6 @@ void cmr_where_free(cmr_where *w)
         return;
     free(w->text);
     free(w->diagnoses);
+    free(w->bounds);
     memset(w, 0, sizeof *w);
 }

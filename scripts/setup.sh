@@ -10,6 +10,7 @@ packages=(
   libfaiss-dev liblmdb-dev lmdb-utils libopenblas-dev libcmocka-dev libjansson-dev
   libdcmtk-dev dcmtk libxml2-dev libxml2-utils dicom3tools
   python3 python3-numpy python3-pydicom
+  libmicrohttpd-dev zlib1g-dev libarchive-dev wrk chromium python3-websocket
 )
 missing=()
 for p in "${packages[@]}"; do

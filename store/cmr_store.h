@@ -68,6 +68,17 @@ typedef struct cmr_diagnosis {
     const char *source; /* where it came from (report path, manifest); may be NULL */
 } cmr_diagnosis;
 
+/* A finding score: the probability (0..1) the searcher's prompt bank gives
+ * a study for one finding or diagnosis (searcher/cmr_searcher.h).  Stored
+ * with the record and in the facets, so filters on them cost what other
+ * filters cost. */
+#define CMR_FINDING_NAME_MAX 31 /* bytes of a finding name: [a-z0-9_], not empty */
+#define CMR_STORE_FINDINGS_MAX 64 /* distinct finding names a store holds */
+typedef struct cmr_finding_score {
+    const char *name; /* "lge", "hcm" */
+    float score;      /* in [0, 1] */
+} cmr_finding_score;
+
 /* A case record.  As input to cmr_txn_put the caller owns every pointer and
  * the store copies what it needs; fields marked "output" are ignored on input.
  * As output (cmr_store_get, search hits) everything points into memory owned
@@ -97,6 +108,8 @@ typedef struct cmr_case {
     const char *model_id;     /* output: the model that embedded the vectors */
     uint64_t generation;      /* output: store generation of the last write */
     uint32_t vectors;         /* output: bit (1 << space) set for each stored vector */
+    size_t n_findings;        /* finding scores (distinct names); on input 0 lets the store's */
+    const cmr_finding_score *findings; /* scorer fill them (cmr_store_set_scorer) */
 } cmr_case;
 
 /* ---- opening ----------------------------------------------------------- */
@@ -143,11 +156,29 @@ int cmr_store_patient_key(const cmr_store *store, const char *patient_id,
 
 /* ---- writing ------------------------------------------------------------- */
 
+/* Finding scores for a case written with an image vector and no findings of
+ * its own: called inside cmr_txn_put with the normalised image vector, it
+ * writes up to max scores to out (names must stay valid until the put
+ * returns) and sets *n.  NULL turns it off.  The hook runs on the writing
+ * thread, in the write transaction: scores and case commit together. */
+typedef int (*cmr_scorer_fn)(void *user, const float *image_unit, cmr_finding_score *out,
+                             size_t max, size_t *n);
+void cmr_store_set_scorer(cmr_store *store, cmr_scorer_fn fn, void *user);
+
 /* A write transaction: all or nothing.  Commit and abort free it. */
 int cmr_txn_begin(cmr_store *store, cmr_txn **out);
 /* Bind the store to a model inside the transaction (see cmr_store_set_model):
  * if the transaction is aborted, the store stays unbound. */
 int cmr_txn_set_model(cmr_txn *txn, const char *name, const char *weights_hash, unsigned dim);
+/* Move the store to another model inside the transaction: every stored
+ * vector (both spaces) is removed and the new model bound, so that the puts
+ * that follow in the same transaction store the new model's vectors.  A case
+ * not put again keeps its record without vectors (searchable in neither
+ * space).  On commit the indexes are rebuilt from scratch; on abort nothing
+ * changed.  Other processes that have the store open refuse to search it
+ * (CMR_EMODEL) until they reopen it.  Replacing a model by itself, or a
+ * store without one, is CMR_EINVAL. */
+int cmr_txn_replace_model(cmr_txn *txn, const char *name, const char *weights_hash, unsigned dim);
 /* Insert, or replace the case with the same Study Instance UID.  image and
  * text are dim floats each, or NULL (the case is stored without that vector
  * and is not searchable in that space).  Vectors must be finite with a sum of
@@ -161,6 +192,9 @@ int cmr_txn_put_ex(cmr_txn *txn, const cmr_case *c, const float *image, const fl
 /* The checks cmr_txn_put applies to a case's fields (not its vectors), so
  * that a caller can name a bad row before writing anything. */
 int cmr_case_check(const cmr_case *c);
+/* Replace the finding scores of case id (record and facets; vectors and
+ * other fields untouched).  n = 0 removes them. */
+int cmr_txn_set_findings(cmr_txn *txn, uint64_t id, size_t n, const cmr_finding_score *scores);
 /* Remove a case: record, vectors, secondary keys; index entries follow. */
 int cmr_txn_delete(cmr_txn *txn, uint64_t id);
 int cmr_txn_commit(cmr_txn *txn);
@@ -171,6 +205,10 @@ void cmr_txn_abort(cmr_txn *txn);
 int cmr_store_get(cmr_store *store, uint64_t id, cmr_case **out);
 void cmr_case_free(cmr_case *c);
 int cmr_store_find_uid(cmr_store *store, const char *study_uid, uint64_t *id);
+/* Finding names with a facet slot in this store (those some case was ever
+ * scored for), in slot order; static strings owned by the store, valid
+ * until close.  *n may be 0. */
+int cmr_store_finding_names(cmr_store *store, const char *const **names, size_t *n);
 /* Copy the stored (normalised) vector of a case into out[dim]. */
 int cmr_store_get_vector(cmr_store *store, uint64_t id, cmr_space space, float *out);
 /* All case ids in increasing order; *ids is malloc'ed, free() it. */
@@ -196,6 +234,15 @@ int cmr_store_stats_get(cmr_store *store, cmr_store_stats *out);
 
 /* ---- searching ------------------------------------------------------------ */
 
+/* A bound on a finding score: min <= score <= max (inclusive).  A case
+ * without a score for that finding never matches.  Naming a finding no case
+ * of the store has a score for is an error (CMR_ENOTFOUND), not an empty
+ * answer: the store may predate findings (see cmr_findings_rescore). */
+typedef struct cmr_finding_bound {
+    const char *name;
+    float min, max;
+} cmr_finding_bound;
+
 /* All fields optional: a zeroed filter matches every case. */
 typedef struct cmr_filter {
     size_t n_diagnoses;                /* case has any of these codes */
@@ -210,6 +257,8 @@ typedef struct cmr_filter {
     const uint8_t (*exclude_patients)[CMR_PATIENT_KEY_BYTES];
     size_t n_exclude_ids;
     const uint64_t *exclude_ids;
+    size_t n_finding_bounds;           /* all must hold */
+    const cmr_finding_bound *finding_bounds;
 } cmr_filter;
 
 typedef struct cmr_hit {
@@ -260,6 +309,48 @@ typedef struct cmr_verify_report {
  * n_problems), negative when it could not run. */
 int cmr_store_verify(cmr_store *store, cmr_verify_report **out);
 void cmr_verify_report_free(cmr_verify_report *r);
+
+/* ---- query log ------------------------------------------------------------
+ *
+ * An append-only LMDB table ("querylog") of the queries a server answered,
+ * for audit: when, who (token id, or "local"), what kind of query, its size
+ * and filters, how many results and how long it took.  Never the query's
+ * content: a free-text phrase can hold a patient's name, so only its length
+ * and a keyed hash (HMAC-SHA-256 under the site secret, first 8 bytes) are
+ * kept, which tells repeated phrases apart without being reversible by a
+ * dictionary; uploaded studies leave only their file count.  Entries are
+ * written in their own write transactions, never inside a case write.  The
+ * table is created when a store is opened writable; a read-only handle of an
+ * older store reads it as empty. */
+#define CMR_QUERYLOG_WHO 32
+#define CMR_QUERYLOG_KIND 16
+#define CMR_QUERYLOG_FILTERS 96
+
+typedef struct cmr_querylog_entry {
+    uint64_t seq;                     /* output: 1, 2, ... in order of writing */
+    int64_t time_us;                  /* unix time in microseconds; 0 on input: now */
+    char who[CMR_QUERYLOG_WHO];       /* token id, or "local" */
+    char kind[CMR_QUERYLOG_KIND];     /* "text", "case", "study", "case_view" (a record opened), ... */
+    uint32_t k, offset;
+    char filters[CMR_QUERYLOG_FILTERS]; /* names of the filter fields used ("diagnosis,sex"), no values */
+    uint32_t n_results;
+    uint32_t latency_us;
+    uint16_t status;                  /* HTTP status of the answer */
+    uint32_t text_len;                /* text queries: bytes in the phrase, else 0 */
+    uint8_t text_hash[8];             /* text queries: see above, else zero */
+    uint64_t case_id;                 /* case queries and views: the case, else 0 */
+    uint32_t n_files;                 /* study queries: files uploaded, else 0 */
+} cmr_querylog_entry;
+
+/* Append entries in one write transaction (n >= 1); seq fields are set. */
+int cmr_querylog_append(cmr_store *store, cmr_querylog_entry *entries, size_t n);
+/* Entries with seq > after, oldest first, at most max (0: all).  *out is
+ * malloc'ed (free()); NULL with *n 0 when there are none. */
+int cmr_querylog_read(cmr_store *store, uint64_t after, size_t max, cmr_querylog_entry **out,
+                      size_t *n);
+int cmr_querylog_count(cmr_store *store, uint64_t *n);
+/* The keyed hash of a phrase that cmr_querylog_entry.text_hash holds. */
+int cmr_querylog_text_hash(const cmr_store *store, const char *text, uint8_t hash[8]);
 
 #ifdef __cplusplus
 }

@@ -515,6 +515,14 @@ int cmr_index_sync(cmr_store *s, cmr_space space, MDB_txn *txn, uint64_t generat
     cmr_index *idx = &s->idx[space];
     if (!s->dim || (idx->faiss && idx->generation >= generation))
         return 0;
+    /* Another process may have moved the store to another model since this
+     * handle read it: its queries would be in the old model's space. */
+    MDB_val hk = {strlen("model_hash"), "model_hash"}, hv;
+    if (mdb_get(txn, s->dbi_meta, &hk, &hv) == 0 &&
+        (hv.mv_size != strlen(s->model_hash) || memcmp(hv.mv_data, s->model_hash, hv.mv_size)))
+        return cmr_fail(CMR_EMODEL, "%s: the store was moved to another model (weights %.*s...) since it was opened "
+                                    "with model %s; reopen it", s->dir, (int)(hv.mv_size < 12 ? hv.mv_size : 12),
+                        (const char *)hv.mv_data, s->model_name);
     /* Prefer a newer file on disk (another process flushed) to catching up. */
     cmr_index_header h;
     if (cmr_index_read_header(s, space, &h, NULL) == 0 && h.generation <= generation &&

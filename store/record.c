@@ -8,7 +8,11 @@
 
 #include "store_internal.h"
 
-#define RECORD_VERSION 1u
+/* Version 2 added finding scores (tag 20).  Version 1 records read as
+ * records without findings; a record is rewritten as version 2 when the
+ * case is next written. */
+#define RECORD_VERSION 2u
+#define RECORD_VERSION_MIN 1u
 
 enum {
     TAG_STUDY_UID = 1,
@@ -30,6 +34,7 @@ enum {
     TAG_GENERATION = 17,
     TAG_VECTORS = 18,
     TAG_FINGERPRINT = 19,
+    TAG_FINDING = 20, /* repeated, nested: varint-prefixed name, float32 LE score */
 };
 
 static const char *const view_names[CMR_VIEW_COUNT_] = {
@@ -136,6 +141,36 @@ int cmr_case_check(const cmr_case *c)
     for (size_t i = 0; i < c->n_sources; i++)
         if (!c->sources[i] || (rc = check_text(c->sources[i], "source path", uid)))
             return rc ? rc : cmr_fail(CMR_EINVAL, "case %s: source %zu is NULL", uid, i + 1);
+    return cmr_findings_check(c->findings, c->n_findings, uid);
+}
+
+int cmr_finding_name_check(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > CMR_FINDING_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') || name[i] == '_'))
+            return 0;
+    return 1;
+}
+
+int cmr_findings_check(const cmr_finding_score *f, size_t n, const char *uid)
+{
+    if (n > CMR_STORE_FINDINGS_MAX)
+        return cmr_fail(CMR_EINVAL, "case %s: %zu finding scores, at most %d", uid, n,
+                        CMR_STORE_FINDINGS_MAX);
+    for (size_t i = 0; i < n; i++) {
+        if (!cmr_finding_name_check(f[i].name))
+            return cmr_fail(CMR_EINVAL, "case %s: finding name '%.40s' is not 1 to %d of a-z, 0-9, _",
+                            uid, f[i].name ? f[i].name : "(null)", CMR_FINDING_NAME_MAX);
+        if (!(f[i].score >= 0.0f && f[i].score <= 1.0f))
+            return cmr_fail(CMR_EINVAL, "case %s: finding %s has score %g, outside [0, 1]", uid,
+                            f[i].name, (double)f[i].score);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(f[i].name, f[j].name))
+                return cmr_fail(CMR_EINVAL, "case %s: finding %s is scored twice", uid, f[i].name);
+    }
     return 0;
 }
 
@@ -253,6 +288,17 @@ int cmr_record_encode(const cmr_case *c, uint8_t **out, size_t *len)
     put_le(&b, TAG_VECTORS, c->vectors, 4);
     if (c->has_fingerprint)
         put_field(&b, TAG_FINGERPRINT, c->fingerprint, sizeof c->fingerprint);
+    for (size_t i = 0; i < c->n_findings; i++) {
+        uint8_t tmp[1 + CMR_FINDING_NAME_MAX + 4];
+        size_t n = strlen(c->findings[i].name);
+        uint32_t bits;
+        memcpy(&bits, &c->findings[i].score, 4);
+        tmp[0] = (uint8_t)n; /* names are at most 31 bytes: a one-byte varint */
+        memcpy(tmp + 1, c->findings[i].name, n);
+        for (int j = 0; j < 4; j++)
+            tmp[1 + n + j] = (uint8_t)(bits >> (8 * j));
+        put_field(&b, TAG_FINDING, tmp, n + 5);
+    }
     if (b.failed) {
         free(b.p);
         return cmr_fail(CMR_ENOMEM, "out of memory encoding case %s", c->study_uid);
@@ -344,13 +390,13 @@ int cmr_record_decode(const void *data, size_t len, uint64_t id, cmr_case **out)
     reader r = {data, (const uint8_t *)data + len};
     if (len < 1)
         return cmr_fail(CMR_ECORRUPT, "case %llu: empty record", (unsigned long long)id);
-    if (r.p[0] != RECORD_VERSION)
+    if (r.p[0] < RECORD_VERSION_MIN || r.p[0] > RECORD_VERSION)
         return cmr_fail(r.p[0] > RECORD_VERSION ? CMR_EUNSUPPORTED : CMR_ECORRUPT,
-                        "case %llu: record format %u is not supported by this version (%u)",
-                        (unsigned long long)id, r.p[0], RECORD_VERSION);
+                        "case %llu: record format %u is not supported by this version (%u to %u)",
+                        (unsigned long long)id, r.p[0], RECORD_VERSION_MIN, RECORD_VERSION);
     r.p++;
 
-    size_t n_dx = 0, n_src = 0, bytes = 0;
+    size_t n_dx = 0, n_src = 0, n_find = 0, bytes = 0;
     reader scan = r, v;
     unsigned tag;
     int more;
@@ -372,6 +418,12 @@ int cmr_record_decode(const void *data, size_t len, uint64_t id, cmr_case **out)
             if (n != 32)
                 more = -1;
             break;
+        case TAG_FINDING:
+            if (n < 6 || v.p[0] != n - 5 || v.p[0] > CMR_FINDING_NAME_MAX)
+                more = -1;
+            n_find++;
+            bytes += n - 4; /* the name and its NUL */
+            break;
         default: break;
         }
         if (more < 0)
@@ -381,17 +433,20 @@ int cmr_record_decode(const void *data, size_t len, uint64_t id, cmr_case **out)
         return cmr_fail(CMR_ECORRUPT, "case %llu: record is truncated or malformed",
                         (unsigned long long)id);
 
-    size_t size = sizeof(cmr_case) + n_dx * sizeof(cmr_diagnosis) + n_src * sizeof(char *) + bytes;
+    size_t size = sizeof(cmr_case) + n_dx * sizeof(cmr_diagnosis) + n_find * sizeof(cmr_finding_score) +
+                  n_src * sizeof(char *) + bytes;
     cmr_case *c = calloc(1, size);
     if (!c)
         return cmr_fail(CMR_ENOMEM, "out of memory decoding case %llu", (unsigned long long)id);
     cmr_diagnosis *dx = (cmr_diagnosis *)(c + 1);
-    const char **src = (const char **)(dx + n_dx);
+    cmr_finding_score *find = (cmr_finding_score *)(dx + n_dx);
+    const char **src = (const char **)(find + n_find);
     arena a = {(char *)(src + n_src)};
     c->id = id;
     c->age_years = -1;
     c->diagnoses = dx;
     c->sources = src;
+    c->findings = find;
     while (next_field(&r, &tag, &v) > 0) {
         switch (tag) {
         case TAG_STUDY_UID: c->study_uid = arena_str(&a, &v); break;
@@ -423,6 +478,14 @@ int cmr_record_decode(const void *data, size_t len, uint64_t id, cmr_case **out)
             memcpy(c->fingerprint, v.p, sizeof c->fingerprint);
             c->has_fingerprint = 1;
             break;
+        case TAG_FINDING: {
+            reader name = {v.p + 1, v.end - 4}, score = {v.end - 4, v.end};
+            uint32_t bits = (uint32_t)get_le(&score);
+            cmr_finding_score *fs = &find[c->n_findings++];
+            fs->name = arena_str(&a, &name);
+            memcpy(&fs->score, &bits, 4);
+            break;
+        }
         default: break; /* a field from a later minor version */
         }
     }

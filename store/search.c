@@ -34,10 +34,18 @@ static int facets_reload_one(cmr_store *s, MDB_txn *txn, uint64_t id)
     }
     if (rc)
         return cmr_lmdb_fail(rc, "reading facets");
-    if (v.mv_size != sizeof(cmr_facet))
+    if (v.mv_size < sizeof(cmr_facet) || (v.mv_size - sizeof(cmr_facet)) % sizeof(float))
         return cmr_fail(CMR_ECORRUPT, "case %llu: facets have %zu bytes", (unsigned long long)id, v.mv_size);
     memcpy(&s->facets[id], v.mv_data, sizeof(cmr_facet));
+    if (s->facet_stride)
+        cmr_facet_scores(v.mv_data, v.mv_size, s->facet_scores + id * s->facet_stride, s->facet_stride);
     return 0;
+}
+
+static void fill_nan(float *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = NAN;
 }
 
 int cmr_facets_sync(cmr_store *s, MDB_txn *txn, uint64_t generation)
@@ -51,17 +59,37 @@ int cmr_facets_sync(cmr_store *s, MDB_txn *txn, uint64_t generation)
         return rc;
     if (next_id < 1)
         next_id = 1;
-    int full = !s->facets || s->facets_generation < floor;
+    if ((rc = cmr_finding_slots_refresh(s, txn)))
+        return rc;
+    /* A new finding slot widens every row: rebuild the cache. */
+    int full = !s->facets || s->facets_generation < floor || s->facet_stride != s->n_finding_names;
+    if (s->facet_stride != s->n_finding_names) {
+        free(s->facet_scores);
+        s->facet_scores = NULL;
+        s->facet_stride = s->n_finding_names;
+        if (s->facet_stride && s->facets_len &&
+            !(s->facet_scores = malloc(s->facets_len * s->facet_stride * sizeof(float))))
+            return cmr_fail(CMR_ENOMEM, "out of memory for finding scores");
+    }
     if (next_id > s->facets_len) {
         cmr_facet *f = realloc(s->facets, next_id * sizeof *f);
         if (!f)
             return cmr_fail(CMR_ENOMEM, "out of memory for %llu facets", (unsigned long long)next_id);
         memset(f + s->facets_len, 0, (next_id - s->facets_len) * sizeof *f);
         s->facets = f;
+        if (s->facet_stride) {
+            float *sc = realloc(s->facet_scores, next_id * s->facet_stride * sizeof *sc);
+            if (!sc)
+                return cmr_fail(CMR_ENOMEM, "out of memory for finding scores");
+            fill_nan(sc + s->facets_len * s->facet_stride, (next_id - s->facets_len) * s->facet_stride);
+            s->facet_scores = sc;
+        }
         s->facets_len = next_id;
     }
     if (full) {
         memset(s->facets, 0, s->facets_len * sizeof *s->facets);
+        if (s->facet_stride)
+            fill_nan(s->facet_scores, s->facets_len * s->facet_stride);
         MDB_cursor *cur;
         if ((rc = mdb_cursor_open(txn, s->dbi_facets, &cur)))
             return cmr_lmdb_fail(rc, "reading facets");
@@ -69,8 +97,12 @@ int cmr_facets_sync(cmr_store *s, MDB_txn *txn, uint64_t generation)
         for (int r = mdb_cursor_get(cur, &k, &v, MDB_FIRST); r == 0;
              r = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
             uint64_t id = cmr_be64_get(k.mv_data);
-            if (id < s->facets_len && v.mv_size == sizeof(cmr_facet))
+            if (id < s->facets_len && v.mv_size >= sizeof(cmr_facet)) {
                 memcpy(&s->facets[id], v.mv_data, sizeof(cmr_facet));
+                if (s->facet_stride)
+                    cmr_facet_scores(v.mv_data, v.mv_size, s->facet_scores + id * s->facet_stride,
+                                     s->facet_stride);
+            }
         }
         mdb_cursor_close(cur);
     } else {
@@ -107,7 +139,7 @@ static void match_set_free(match_set *m)
 static int filter_has_predicates(const cmr_filter *f)
 {
     return f && (f->n_diagnoses || f->date_from || f->date_to || f->site || f->manufacturer ||
-                 f->sex || f->age_min || f->age_max);
+                 f->sex || f->age_min || f->age_max || f->n_finding_bounds);
 }
 
 static int filter_has_exclusions(const cmr_filter *f)
@@ -202,14 +234,54 @@ static int facet_passes(const cmr_facet *f, const cmr_filter *flt, uint32_t site
     return 1;
 }
 
+/* Slots of the filter's finding bounds; a name no case was ever scored for
+ * is an error, so that an unscored store does not answer "nothing". */
+static int resolve_bounds(const cmr_store *s, const cmr_filter *flt, size_t *slots)
+{
+    for (size_t b = 0; b < flt->n_finding_bounds; b++) {
+        const cmr_finding_bound *fb = &flt->finding_bounds[b];
+        if (!fb->name || !cmr_finding_name_check(fb->name))
+            return cmr_fail(CMR_EINVAL, "finding filter: '%.40s' is not a finding name",
+                            fb->name ? fb->name : "(null)");
+        if (!(fb->min <= fb->max))
+            return cmr_fail(CMR_EINVAL, "finding filter on %s: the bounds leave no score (%g to %g)",
+                            fb->name, (double)fb->min, (double)fb->max);
+        size_t j = 0;
+        while (j < s->n_finding_names && strcmp(s->finding_names[j], fb->name))
+            j++;
+        if (j == s->n_finding_names || j >= s->facet_stride)
+            return cmr_fail(CMR_ENOTFOUND,
+                            "%s: no case has a score for finding '%s' (cases indexed before finding "
+                            "scores existed need 'cmrsearch index --db DIR --rescore')",
+                            s->dir, fb->name);
+        slots[b] = j;
+    }
+    return 0;
+}
+
+static int scores_pass(const float *row, const cmr_filter *flt, const size_t *slots)
+{
+    for (size_t b = 0; b < flt->n_finding_bounds; b++) {
+        float x = row[slots[b]]; /* NaN (no score) fails both comparisons */
+        if (!(x >= flt->finding_bounds[b].min && x <= flt->finding_bounds[b].max))
+            return 0;
+    }
+    return 1;
+}
+
 /* Caller holds s->lock with facets synced. */
 static int evaluate_filter(cmr_store *s, MDB_txn *txn, cmr_space space, const cmr_filter *flt,
                            match_set *out)
 {
     memset(out, 0, sizeof *out);
+    size_t slots[CMR_STORE_FINDINGS_MAX];
+    if (flt->n_finding_bounds > CMR_STORE_FINDINGS_MAX)
+        return cmr_fail(CMR_EINVAL, "at most %d finding bounds", CMR_STORE_FINDINGS_MAX);
     uint8_t space_flag = space == CMR_SPACE_IMAGE ? CMR_FACET_IMAGE : CMR_FACET_TEXT;
     uint32_t site = 0, manu = 0;
     int rc;
+    if ((rc = resolve_bounds(s, flt, slots)))
+        return rc;
     if (flt->site && (rc = cmr_dict_lookup(s, txn, 'S', flt->site, &site)))
         return rc;
     if (flt->manufacturer && (rc = cmr_dict_lookup(s, txn, 'M', flt->manufacturer, &manu)))
@@ -241,6 +313,7 @@ static int evaluate_filter(cmr_store *s, MDB_txn *txn, cmr_space space, const cm
             continue;
         const cmr_facet *f = &s->facets[id];
         if (!(f->flags & CMR_FACET_LIVE) || !(f->flags & space_flag) || !facet_passes(f, flt, site, manu) ||
+            (flt->n_finding_bounds && !scores_pass(s->facet_scores + id * s->facet_stride, flt, slots)) ||
             contains(excluded, n_excluded, id))
             continue;
         if ((rc = push_id(&out->ids, &out->n, &out_cap, id)))

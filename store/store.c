@@ -274,6 +274,7 @@ int cmr_store_open(const char *dir, unsigned flags, const cmr_store_config *conf
         goto fail;
     }
     if ((rc = open_dbs(s, txn, !(flags & CMR_STORE_RDONLY))) ||
+        (rc = cmr_querylog_open_table(s, txn, !(flags & CMR_STORE_RDONLY))) ||
         (rc = load_settings(s, txn, config, create)))
         goto fail;
     /* Committed even when read-only: LMDB closes table handles opened in an
@@ -312,6 +313,7 @@ int cmr_store_close(cmr_store *s)
     for (int i = 0; i < CMR_NSPACES; i++)
         cmr_index_reset(&s->idx[i]);
     free(s->facets);
+    free(s->facet_scores);
     if (s->env)
         mdb_env_close(s->env);
     pthread_rwlock_destroy(&s->lock);
@@ -442,11 +444,126 @@ int cmr_txn_begin(cmr_store *s, cmr_txn **out)
     return 0;
 }
 
+/* The committed model, read again into the handle (after a failed or
+ * aborted model change). */
+static void reload_model(cmr_store *s)
+{
+    MDB_txn *r;
+    if (cmr_store_read_begin(s, &r) != 0)
+        return;
+    char name[sizeof s->model_name] = "", hash[sizeof s->model_hash] = "";
+    uint64_t dim = 0;
+    if (meta_get_str(r, s, "model_name", name, sizeof name) == 0 && meta_get_str(r, s, "model_hash", hash, sizeof hash) == 0 &&
+        cmr_meta_get_u64(r, s, "dim", &dim) == 0 && dim)
+        apply_model(s, name, hash, (unsigned)dim);
+    mdb_txn_abort(r);
+}
+
+int cmr_txn_replace_model(cmr_txn *t, const char *name, const char *hash, unsigned dim)
+{
+    cmr_store *s = t->store;
+    if (!name || !*name || !hash || !*hash || dim == 0 || dim > 65536)
+        return cmr_fail(CMR_EINVAL, "a model needs a name, a weights hash and a dimension between 1 and 65536");
+    if (strlen(name) >= sizeof s->model_name || strlen(hash) >= sizeof s->model_hash)
+        return cmr_fail(CMR_EINVAL, "model name or hash is too long");
+    char cur_name[sizeof s->model_name] = "", cur_hash[sizeof s->model_hash] = "";
+    uint64_t cur_dim = 0;
+    int rc;
+    if ((rc = meta_get_str(t->txn, s, "model_name", cur_name, sizeof cur_name)) ||
+        (rc = meta_get_str(t->txn, s, "model_hash", cur_hash, sizeof cur_hash)) ||
+        (rc = cmr_meta_get_u64(t->txn, s, "dim", &cur_dim)))
+        return rc;
+    if (!cur_dim)
+        return cmr_fail(CMR_EINVAL, "%s has no model to replace: bind one with the first indexed case", s->dir);
+    if (!strcmp(cur_name, name) && !strcmp(cur_hash, hash) && cur_dim == dim)
+        return cmr_fail(CMR_EINVAL, "%s already holds vectors of model %s (weights %.12s...)", s->dir, name, hash);
+    for (int sp = 0; sp < CMR_NSPACES; sp++)
+        if ((rc = mdb_drop(t->txn, s->dbi_vec[sp], 0)))
+            return cmr_lmdb_fail(rc, "removing the old model's vectors");
+    /* Records and facets say which vectors a case has (none now), which
+     * model made them and its finding scores (the old model's: gone too). */
+    MDB_cursor *cur;
+    uint64_t *ids = NULL;
+    size_t n_ids = 0, cap = 0;
+    if ((rc = mdb_cursor_open(t->txn, s->dbi_cases, &cur)))
+        return cmr_lmdb_fail(rc, "listing cases");
+    MDB_val k, v;
+    int r;
+    for (r = mdb_cursor_get(cur, &k, &v, MDB_FIRST); r == 0; r = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        if (n_ids == cap) {
+            uint64_t *grown = realloc(ids, (cap = cap ? 2 * cap : 1024) * sizeof *ids);
+            if (!grown) {
+                r = ENOMEM;
+                break;
+            }
+            ids = grown;
+        }
+        ids[n_ids++] = cmr_be64_get(k.mv_data);
+    }
+    mdb_cursor_close(cur);
+    if (r && r != MDB_NOTFOUND) {
+        free(ids);
+        return r == ENOMEM ? cmr_fail(CMR_ENOMEM, "out of memory") : cmr_lmdb_fail(r, "listing cases");
+    }
+    for (size_t i = 0; i < n_ids && !rc; i++) {
+        cmr_case *c = NULL;
+        uint8_t *rec = NULL, *fval = NULL, key[8];
+        size_t rec_len, fval_len;
+        cmr_be64_put(key, ids[i]);
+        k = (MDB_val){8, key};
+        if ((rc = cmr_load_case(s, t->txn, ids[i], &c)))
+            break;
+        c->vectors = 0;
+        c->model_id = NULL;
+        c->n_findings = 0;
+        c->findings = NULL;
+        c->generation = t->generation;
+        cmr_facet f;
+        if ((r = mdb_get(t->txn, s->dbi_facets, &k, &v)) || v.mv_size < sizeof f)
+            rc = r && r != MDB_NOTFOUND ? cmr_lmdb_fail(r, "reading facets")
+                                       : cmr_fail(CMR_ECORRUPT, "case %llu has no facets", (unsigned long long)ids[i]);
+        if (!rc) {
+            memcpy(&f, v.mv_data, sizeof f);
+            f.flags &= (uint8_t)~(CMR_FACET_IMAGE | CMR_FACET_TEXT);
+            if (!(rc = cmr_record_encode(c, &rec, &rec_len)) && !(rc = cmr_facet_value(t, &f, NULL, 0, &fval, &fval_len))) {
+                MDB_val rv = {rec_len, rec}, fv = {fval_len, fval};
+                if ((r = mdb_put(t->txn, s->dbi_cases, &k, &rv, 0)) || (r = mdb_put(t->txn, s->dbi_facets, &k, &fv, 0)))
+                    rc = cmr_lmdb_fail(r, "rewriting a case for the new model");
+            }
+        }
+        free(rec);
+        free(fval);
+        cmr_case_free(c);
+    }
+    free(ids);
+    if (rc)
+        return rc;
+    /* Every index older than this transaction is rebuilt, not caught up. */
+    if ((rc = meta_put_bytes(t->txn, s, "model_name", name, strlen(name))) ||
+        (rc = meta_put_bytes(t->txn, s, "model_hash", hash, strlen(hash))) ||
+        (rc = cmr_meta_put_u64(t->txn, s, "dim", dim)) ||
+        (rc = cmr_meta_put_u64(t->txn, s, "changes_floor", t->generation)))
+        return rc;
+    snprintf(t->model_name, sizeof t->model_name, "%s", name);
+    snprintf(t->model_hash, sizeof t->model_hash, "%s", hash);
+    t->model_dim = dim;
+    t->model_replaced = true;
+    t->changed = true;
+    /* Puts in this transaction need the new model now; restored on abort. */
+    apply_model(s, name, hash, dim);
+    return 0;
+}
+
 void cmr_txn_abort(cmr_txn *t)
 {
     if (!t)
         return;
     mdb_txn_abort(t->txn);
+    if (t->model_replaced) {
+        reload_model(t->store);
+        free(t);
+        return;
+    }
     if (t->model_dim && t->store->dim) {
         /* Re-read what is committed: the model bound here is gone. */
         MDB_txn *r;
@@ -474,9 +591,23 @@ int cmr_txn_commit(cmr_txn *t)
             return rc;
         }
     }
+    cmr_store *s = t->store;
+    bool replaced = t->model_replaced;
     rc = mdb_txn_commit(t->txn);
     free(t);
-    return rc ? cmr_lmdb_fail(rc, "committing") : 0;
+    if (rc) {
+        if (replaced)
+            reload_model(s);
+        return cmr_lmdb_fail(rc, "committing");
+    }
+    if (replaced) { /* the old model's indexes (perhaps of another dimension) go */
+        pthread_rwlock_wrlock(&s->lock);
+        for (int sp = 0; sp < CMR_NSPACES; sp++)
+            cmr_index_reset(&s->idx[sp]);
+        s->facets_generation = 0;
+        pthread_rwlock_unlock(&s->lock);
+    }
+    return 0;
 }
 
 /* Interned ids of site and manufacturer names, for compact facets. */
@@ -529,7 +660,7 @@ int cmr_dict_lookup(cmr_store *s, MDB_txn *txn, char kind, const char *name, uin
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : cmr_lmdb_fail(rc, "reading names");
 }
 
-static int log_change(cmr_txn *t, uint64_t id, uint8_t op)
+int cmr_log_change(cmr_txn *t, uint64_t id, uint8_t op)
 {
     uint8_t key[16];
     cmr_be64_put(key, t->generation);
@@ -567,7 +698,7 @@ static int unlink_case(cmr_txn *t, uint64_t id, const cmr_case *old)
     return 0;
 }
 
-static int load_case(cmr_store *s, MDB_txn *txn, uint64_t id, cmr_case **out)
+int cmr_load_case(cmr_store *s, MDB_txn *txn, uint64_t id, cmr_case **out)
 {
     uint8_t idb[8];
     MDB_val k = key_u64(idb, id), v;
@@ -595,9 +726,10 @@ int cmr_txn_put_ex(cmr_txn *t, const cmr_case *in, const float *image, const flo
         return cmr_fail(CMR_EMODEL, "case %s: the store has no model yet, so it cannot hold "
                                     "vectors (set one with cmr_store_set_model)", in->study_uid);
     float *unit = NULL;
-    uint8_t *rec = NULL;
+    uint8_t *rec = NULL, *facet_value = NULL;
     cmr_case *old = NULL;
     cmr_case c = *in;
+    cmr_finding_score scored[CMR_STORE_FINDINGS_MAX];
 
     if (s->dim && !(unit = malloc(2 * (size_t)s->dim * sizeof *unit)))
         return cmr_fail(CMR_ENOMEM, "out of memory");
@@ -608,6 +740,13 @@ int cmr_txn_put_ex(cmr_txn *t, const cmr_case *in, const float *image, const flo
     snprintf(what, sizeof what, "case %s text vector", in->study_uid);
     if (text && (rc = cmr_vector_normalise(text, s->dim, unit + s->dim, what)))
         goto fail;
+    /* Scores from the store's scorer join the case in this transaction. */
+    if (image && !c.n_findings && s->scorer) {
+        if ((rc = cmr_findings_from_scorer(s, unit, scored, &c.n_findings)) ||
+            (rc = cmr_findings_check(scored, c.n_findings, in->study_uid)))
+            goto fail;
+        c.findings = scored;
+    }
 
     /* Upsert: the same study keeps its id. */
     MDB_val uk = key_str(in->study_uid), uv;
@@ -617,7 +756,7 @@ int cmr_txn_put_ex(cmr_txn *t, const cmr_case *in, const float *image, const flo
         *replaced = rc == 0;
     if (rc == 0) {
         id = cmr_be64_get(uv.mv_data);
-        if ((rc = load_case(s, t->txn, id, &old)) || (rc = unlink_case(t, id, old)))
+        if ((rc = cmr_load_case(s, t->txn, id, &old)) || (rc = unlink_case(t, id, old)))
             goto fail;
     } else if (rc == MDB_NOTFOUND) {
         id = t->next_id++;
@@ -672,18 +811,22 @@ int cmr_txn_put_ex(cmr_txn *t, const cmr_case *in, const float *image, const flo
     if ((rc = dict_id(t, 'S', c.site, &f.site)) || (rc = dict_id(t, 'M', c.manufacturer, &f.manufacturer)))
         goto fail;
     f.flags |= (image ? CMR_FACET_IMAGE : 0) | (text ? CMR_FACET_TEXT : 0);
-    v = (MDB_val){sizeof f, &f};
+    size_t facet_len;
+    if ((rc = cmr_facet_value(t, &f, c.findings, c.n_findings, &facet_value, &facet_len)))
+        goto fail;
+    v = (MDB_val){facet_len, facet_value};
     if ((rc = mdb_put(t->txn, s->dbi_facets, &idv, &v, 0))) {
         rc = cmr_lmdb_fail(rc, "writing facets");
         goto fail;
     }
-    if ((rc = log_change(t, id, CMR_CHANGE_PUT)))
+    if ((rc = cmr_log_change(t, id, CMR_CHANGE_PUT)))
         goto fail;
     if (out_id)
         *out_id = id;
     rc = 0;
 fail:
     free(rec);
+    free(facet_value);
     free(unit);
     cmr_case_free(old);
     return rc;
@@ -693,7 +836,7 @@ int cmr_txn_delete(cmr_txn *t, uint64_t id)
 {
     cmr_store *s = t->store;
     cmr_case *old = NULL;
-    int rc = load_case(s, t->txn, id, &old);
+    int rc = cmr_load_case(s, t->txn, id, &old);
     if (rc)
         return rc;
     uint8_t idb[8];
@@ -705,7 +848,7 @@ int cmr_txn_delete(cmr_txn *t, uint64_t id)
         rc = cmr_lmdb_fail(rc, "deleting a case");
         goto done;
     }
-    rc = log_change(t, id, CMR_CHANGE_DELETE);
+    rc = cmr_log_change(t, id, CMR_CHANGE_DELETE);
 done:
     cmr_case_free(old);
     return rc;
@@ -719,7 +862,7 @@ int cmr_store_get(cmr_store *s, uint64_t id, cmr_case **out)
     int rc = cmr_store_read_begin(s, &txn);
     if (rc)
         return rc;
-    rc = load_case(s, txn, id, out);
+    rc = cmr_load_case(s, txn, id, out);
     mdb_txn_abort(txn);
     return rc;
 }

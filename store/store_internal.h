@@ -40,6 +40,8 @@ typedef struct cmr_facet {
     uint8_t flags;         /* CMR_FACET_* */
 } cmr_facet;
 enum { CMR_FACET_LIVE = 1, CMR_FACET_IMAGE = 2, CMR_FACET_TEXT = 4 };
+/* A facets value is the cmr_facet, then one float32 per finding slot known
+ * when it was written (NaN: no score); slots added later read as NaN. */
 
 struct cmr_store {
     char *dir;
@@ -47,6 +49,8 @@ struct cmr_store {
     MDB_env *env;
     MDB_dbi dbi_meta, dbi_cases, dbi_vec[CMR_NSPACES], dbi_uid, dbi_patient, dbi_diagnosis,
         dbi_facets, dbi_dict, dbi_changes;
+    MDB_dbi dbi_querylog; /* querylog.c; valid when has_querylog */
+    int has_querylog;
     uint8_t site_key[32];
     uint8_t uuid[16];
     char model_name[64], model_hash[96], model_id[176];
@@ -62,6 +66,16 @@ struct cmr_store {
     cmr_facet *facets;      /* indexed by case id; NULL until first filtered query */
     uint64_t facets_len;
     uint64_t facets_generation;
+    float *facet_scores;    /* facets_len x facet_stride finding scores, NaN = none */
+    size_t facet_stride;    /* finding slots when the cache was (re)built */
+
+    /* Finding slots (meta "findings": names joined by '\n', append-only),
+     * as last read; guarded by lock.  Names never move once known. */
+    char finding_names[CMR_STORE_FINDINGS_MAX][CMR_FINDING_NAME_MAX + 1];
+    const char *finding_ptrs[CMR_STORE_FINDINGS_MAX];
+    size_t n_finding_names;
+    cmr_scorer_fn scorer;
+    void *scorer_user;
 
     cmr_progress_fn progress;
     void *progress_user;
@@ -77,6 +91,7 @@ struct cmr_txn {
     /* A model bound in this transaction, applied to the handle on commit. */
     char model_name[64], model_hash[96];
     unsigned model_dim;
+    bool model_replaced; /* cmr_txn_replace_model: reset the indexes on commit, restore on abort */
 };
 
 /* Big-endian keys keep LMDB's byte order equal to numeric order. */
@@ -94,6 +109,8 @@ static inline uint64_t cmr_be64_get(const uint8_t *p)
 }
 
 int cmr_lmdb_fail(int rc, const char *what);
+int cmr_log_change(cmr_txn *t, uint64_t id, uint8_t op);
+int cmr_load_case(cmr_store *s, MDB_txn *txn, uint64_t id, cmr_case **out);
 
 /* meta */
 int cmr_meta_get_u64(MDB_txn *txn, const cmr_store *s, const char *key, uint64_t *out);
@@ -103,6 +120,22 @@ int cmr_meta_put_u64(MDB_txn *txn, const cmr_store *s, const char *key, uint64_t
 int cmr_record_encode(const cmr_case *c, uint8_t **out, size_t *len);
 int cmr_record_decode(const void *data, size_t len, uint64_t id, cmr_case **out);
 void cmr_case_facet(const cmr_case *c, cmr_facet *f); /* date, age, sex only */
+int cmr_finding_name_check(const char *name);         /* 1 if a valid finding name */
+int cmr_findings_check(const cmr_finding_score *f, size_t n, const char *uid);
+
+/* finding slots and facet values (findings.c) */
+/* Parse meta "findings" into names[] (*n slots). */
+int cmr_finding_slots_read(cmr_store *s, MDB_txn *txn, char names[][CMR_FINDING_NAME_MAX + 1], size_t *n);
+/* Refresh the handle's slot list from txn; caller holds lock for writing. */
+int cmr_finding_slots_refresh(cmr_store *s, MDB_txn *txn);
+/* The facets value of a case: f, then its scores in slot order (adding
+ * slots for new names to meta in the write transaction).  *out is malloc'ed. */
+int cmr_facet_value(cmr_txn *t, const cmr_facet *f, const cmr_finding_score *scores, size_t n,
+                    uint8_t **out, size_t *len);
+/* Fill scores[n_slots] (NaN where absent) from a stored facets value. */
+void cmr_facet_scores(const void *value, size_t len, float *scores, size_t n_slots);
+/* Run the scorer for a put without findings; *n 0 if none. */
+int cmr_findings_from_scorer(cmr_store *s, const float *image_unit, cmr_finding_score *out, size_t *n);
 
 /* vectors */
 int cmr_vector_normalise(const float *in, unsigned dim, float *out, const char *what);
@@ -129,6 +162,9 @@ int cmr_dict_lookup(cmr_store *s, MDB_txn *txn, char kind, const char *name, uin
 /* change log */
 int cmr_changes_since(cmr_store *s, MDB_txn *txn, uint64_t after, uint64_t upto, uint64_t **ids,
                       size_t *n);
+
+/* query log (querylog.c): open or create its table in the opening transaction */
+int cmr_querylog_open_table(cmr_store *s, MDB_txn *txn, int create);
 
 /* facets and search (search.c) */
 int cmr_facets_sync(cmr_store *s, MDB_txn *rtxn, uint64_t generation);

@@ -48,6 +48,8 @@ typedef struct ctx {
     list problems, notes;
     size_t n_problems, n_notes;
     uint64_t generation;
+    char slots[CMR_STORE_FINDINGS_MAX][CMR_FINDING_NAME_MAX + 1];
+    size_t n_slots;
 } ctx;
 
 #define PROBLEM(c, ...) add(&(c)->problems, &(c)->n_problems, __VA_ARGS__)
@@ -142,9 +144,30 @@ static void check_record(ctx *c, uint64_t id, const MDB_val *v, cmr_verify_repor
     MDB_val fk = {8, key}, fv;
     cmr_facet want, got;
     cmr_case_facet(rec, &want);
-    if (mdb_get(c->txn, s->dbi_facets, &fk, &fv) != 0 || fv.mv_size != sizeof got) {
+    if (mdb_get(c->txn, s->dbi_facets, &fk, &fv) != 0 || fv.mv_size < sizeof got) {
         PROBLEM(c, "case %llu: has no facets", (unsigned long long)id);
+    } else if ((fv.mv_size - sizeof got) % sizeof(float) || (fv.mv_size - sizeof got) / sizeof(float) > c->n_slots) {
+        PROBLEM(c, "case %llu: facets of %zu bytes do not match the store's %zu finding slots",
+                (unsigned long long)id, fv.mv_size, c->n_slots);
     } else {
+        /* Scores in the facets are the record's, slot by slot. */
+        float scores[CMR_STORE_FINDINGS_MAX];
+        cmr_facet_scores(fv.mv_data, fv.mv_size, scores, c->n_slots);
+        size_t in_record = 0;
+        for (size_t j = 0; j < c->n_slots; j++) {
+            size_t i = 0;
+            while (i < rec->n_findings && strcmp(rec->findings[i].name, c->slots[j]))
+                i++;
+            in_record += i < rec->n_findings;
+            if (i < rec->n_findings ? !(scores[j] == rec->findings[i].score) : !isnan(scores[j])) {
+                PROBLEM(c, "case %llu: finding %s in the facets disagrees with the record",
+                        (unsigned long long)id, c->slots[j]);
+                break;
+            }
+        }
+        if (in_record != rec->n_findings)
+            PROBLEM(c, "case %llu: a finding of the record has no slot in the store",
+                    (unsigned long long)id);
         memcpy(&got, fv.mv_data, sizeof got);
         uint8_t vec_flags = (rec->vectors & 1 ? CMR_FACET_IMAGE : 0) | (rec->vectors & 2 ? CMR_FACET_TEXT : 0);
         if (got.date != want.date || got.age != want.age || got.sex != want.sex ||
@@ -253,6 +276,10 @@ int cmr_store_verify(cmr_store *s, cmr_verify_report **out)
         return rc;
     }
     c.generation = cmr_current_generation(s, c.txn);
+    if (cmr_finding_slots_read(s, c.txn, c.slots, &c.n_slots) != 0) {
+        PROBLEM(&c, "the finding slot list is unreadable: %s", cmr_errmsg());
+        c.n_slots = 0;
+    }
     MDB_cursor *cur;
     MDB_val k, v;
     uint64_t max_id = 0, next_id = 0;

@@ -20,10 +20,10 @@ CMR_TEST_MODEL_DIR=$tmp/model "$test_model"
 "$cmrsearch" index --db "$tmp/db" --model "$tmp/model" --json "$tmp/archive" >"$tmp/index.json"
 "$cmrsearch" stats --db "$tmp/db" --json >"$tmp/stats.json"
 "$cmrsearch" search --db "$tmp/db" --case 1 -k 2 --json >"$tmp/search.json"
-"$cmrsearch" search --db "$tmp/db" --model "$tmp/model" --text "dilated cardiomyopathy" -k 3 --json >"$tmp/text.json"
+"$cmrsearch" search --db "$tmp/db" --model "$tmp/model" --text "dilated cardiomyopathy" --target image -k 3 --json >"$tmp/text.json"
 study=$tmp/archive/$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["study_list"][0]["dir"])' \
     "$tmp/archive/truth.json")
-"$cmrsearch" search --db "$tmp/db" --model "$tmp/model" --study "$study" -k 3 --json >"$tmp/study.json"
+"$cmrsearch" search --db "$tmp/db" --model "$tmp/model" --study "$study" --target image -k 3 --json >"$tmp/study.json"
 # A model other than the store's is refused, by name.
 if "$cmrsearch" search --db "$tmp/db" --model "$src/tests/fixtures/model/small" --text x >/dev/null 2>"$tmp/err"; then
     echo "a different model was accepted" >&2; exit 1

@@ -663,6 +663,70 @@ static void test_search_vector_and_human_output(void **state)
     assert_string_equal(f->err, "");
 }
 
+/* Paging, grouping and fusion weights through the command line. */
+static void test_search_paging_and_fusion(void **state)
+{
+    fixture *f = *state;
+    init_and_import(f);
+    json_t *all = run_json(f, 0, "search", "--db", f->db, "--case", "1", "-k", "10", "--json", NULL);
+    json_t *results = json_object_get(all, "results");
+    size_t n = json_array_size(results);
+    assert_true(n >= 6);
+    assert_false(json_is_true(json_object_get(all, "more")));
+    for (size_t offset = 0; offset < n; offset += 3) {
+        char off[16];
+        snprintf(off, sizeof off, "%u", (unsigned)offset);
+        json_t *page = run_json(f, 0, "search", "--db", f->db, "--case", "1", "--limit", "3", "--offset", off,
+                                "--json", NULL);
+        json_t *pr = json_object_get(page, "results");
+        for (size_t i = 0; i < json_array_size(pr); i++) {
+            json_t *a = json_array_get(pr, i), *b = json_array_get(results, offset + i);
+            assert_int_equal(json_integer_value(json_object_get(a, "id")), json_integer_value(json_object_get(b, "id")));
+            assert_int_equal(json_integer_value(json_object_get(a, "rank")), (json_int_t)(offset + i + 1));
+        }
+        assert_int_equal(json_is_true(json_object_get(page, "more")), offset + 3 < n);
+        json_decref(page);
+    }
+    /* the default case weights, and the fused score from both similarities */
+    json_t *fusion = json_object_get(all, "fusion");
+    double wi = json_number_value(json_object_get(fusion, "w_image")), wt = json_number_value(json_object_get(fusion, "w_text"));
+    assert_float_equal(wi, 0.2, 1e-6);
+    json_t *r;
+    size_t i;
+    json_array_foreach(results, i, r) {
+        json_t *sim = json_object_get(r, "similarity");
+        double si = json_number_value(json_object_get(sim, "image")), st = json_number_value(json_object_get(sim, "text"));
+        assert_float_equal(json_number_value(json_object_get(r, "score")), (wi * si + wt * st) / (wi + wt), 1e-5);
+        assert_true(json_is_array(json_object_get(r, "views")));
+        assert_true(json_is_object(json_object_get(r, "findings")));
+    }
+    json_decref(all);
+    /* explicit weights */
+    json_t *img = run_json(f, 0, "search", "--db", f->db, "--case", "1", "--w-image", "1", "--w-text", "0",
+                           "--one-per-patient", "--json", NULL);
+    json_array_foreach(json_object_get(img, "results"), i, r)
+        assert_float_equal(json_number_value(json_object_get(r, "score")),
+                           json_number_value(json_object_get(json_object_get(r, "similarity"), "image")), 1e-5);
+    assert_true(json_is_true(json_object_get(json_object_get(img, "query"), "one_per_patient")));
+    json_decref(img);
+    assert_int_equal(run(f, "search", "--db", f->db, "--case", "1", "--w-image", "1", NULL), CMR_EXIT_USAGE);
+    assert_contains(f->err, "give both --w-image and --w-text");
+    assert_int_equal(run(f, "search", "--db", f->db, "--case", "1", "--w-image", "1", "--w-text", "1", "--target",
+                         "text", NULL), CMR_EXIT_USAGE);
+    assert_contains(f->err, "cannot be combined");
+    assert_int_equal(run(f, "search", "--db", f->db, "--case", "1", "-k", "3", "--limit", "3", NULL), CMR_EXIT_USAGE);
+    assert_int_equal(run(f, "search", "--db", f->db, "--case", "1", "--w-image", "-1", "--w-text", "1", NULL),
+                     CMR_EXIT_USAGE);
+    assert_int_equal(run(f, "search", "--db", f->db, "--case", "1", "--offset", "9999", "-k", "2", NULL),
+                     CMR_EXIT_USAGE);
+    /* a store indexed without finding scores says how to get them */
+    assert_int_not_equal(run(f, "search", "--db", f->db, "--case", "1", "--where", "has lge", NULL), 0);
+    assert_contains(f->err, "--rescore");
+    assert_int_equal(run(f, "search", "--db", f->db, "--case", "1", "-k", "2", "--offset", "1", NULL), 0);
+    assert_contains(f->out, "results 2 to 3");
+    assert_contains(f->out, "findings: -");
+}
+
 static void test_show_json_hides_patient(void **state)
 {
     fixture *f = *state;
@@ -808,6 +872,35 @@ static void test_where_good(void **state)
     cmr_where_free(&w);
 }
 
+/* Finding clauses: bounds on the prompt bank's scores, "has"/"lacks" sugar,
+ * intersections, strict bounds one float away. */
+static void test_where_findings(void **state)
+{
+    (void)state;
+    cmr_where w;
+    assert_int_equal(cmr_where_parse("has LGE and has hcm and finding lv_dilation between 0.2 and 0.9 and "
+                                     "finding lv_dilation < 0.8 and lacks normal and age >= 40", &w), 0);
+    const cmr_filter *f = &w.filter;
+    assert_int_equal(f->n_finding_bounds, 4);
+    assert_string_equal(f->finding_bounds[0].name, "lge");
+    assert_float_equal(f->finding_bounds[0].min, 0.5, 0);
+    assert_float_equal(f->finding_bounds[0].max, 1.0, 0);
+    assert_string_equal(f->finding_bounds[1].name, "hcm");
+    assert_string_equal(f->finding_bounds[2].name, "lv_dilation");
+    assert_float_equal(f->finding_bounds[2].min, 0.2, 1e-7);
+    assert_true(f->finding_bounds[2].max < 0.8f && f->finding_bounds[2].max > 0.7999f);
+    assert_string_equal(f->finding_bounds[3].name, "normal");
+    assert_true(f->finding_bounds[3].max < 0.5f && f->finding_bounds[3].min == 0.0f);
+    assert_int_equal(f->age_min, 40);
+    cmr_where_free(&w);
+    assert_int_equal(cmr_where_parse("finding lge > 0.5", &w), 0);
+    assert_true(w.filter.finding_bounds[0].min > 0.5f && w.filter.finding_bounds[0].min < 0.5001f);
+    cmr_where_free(&w);
+    assert_int_equal(cmr_where_parse("finding arvc = 1", &w), 0);
+    assert_float_equal(w.filter.finding_bounds[0].min, 1.0, 0);
+    cmr_where_free(&w);
+}
+
 static void expect_where_error(const char *expr, const char *part)
 {
     cmr_where w;
@@ -841,6 +934,12 @@ static void test_where_errors(void **state)
     expect_where_error("age >= 40 and", "at the end: expected a field");
     expect_where_error("manufacturer siemens", "expected '=' after manufacturer");
     expect_where_error("age ~ 4", "unexpected character");
+    expect_where_error("has bogus", "column 5, at 'bogus': unknown finding (findings: lv_systolic_dysfunction");
+    expect_where_error("has", "at the end: expected a finding");
+    expect_where_error("finding lge >= 1.5", "expected a probability from 0 to 1");
+    expect_where_error("finding lge", "expected =, <, <=, >, >= or 'between'");
+    expect_where_error("has lge and lacks lge", "the conditions on finding lge leave no score");
+    expect_where_error("finding hcm between 0.2 0.4", "expected 'and' in 'finding hcm between A and B'");
 }
 
 /* ---- exit statuses and usage ------------------------------------------------------------- */
@@ -988,6 +1087,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_verify_finds_a_problem, setup, teardown),
         cmocka_unit_test(test_where_good),
         cmocka_unit_test(test_where_errors),
+        cmocka_unit_test(test_where_findings),
+        cmocka_unit_test_setup_teardown(test_search_paging_and_fusion, setup, teardown),
         cmocka_unit_test_setup_teardown(test_exit_statuses, setup, teardown),
         cmocka_unit_test(test_option_parsing),
         cmocka_unit_test_setup_teardown(test_help_everywhere, setup, teardown),

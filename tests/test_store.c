@@ -434,6 +434,93 @@ static void test_delete(void **state)
     assert_verify_clean(s);
 }
 
+/* A store moved to another model (of another dimension): all vectors go in
+ * the transaction that binds it; what is put again is searchable, the rest
+ * keeps its record without vectors; an abort changes nothing; a handle
+ * opened before the move refuses to search. */
+static void test_replace_model(void **state)
+{
+    fixture *f = *state;
+    cmr_store *s = f->store;
+    put_cases(s, 0, 12, 0.3f);
+    float q[DIM];
+    test_vector(3, 3, DIM, 0.3f, q);
+    cmr_hits *h;
+    assert_int_equal(cmr_store_search(s, CMR_SPACE_IMAGE, q, 5, NULL, &h), 0); /* index in memory */
+    cmr_hits_free(h);
+    char db[4200];
+    snprintf(db, sizeof db, "%s/db", f->dir);
+    cmr_store *other;
+    assert_int_equal(cmr_store_open(db, CMR_STORE_RDONLY, NULL, &other), 0);
+    assert_int_equal(cmr_store_search(other, CMR_SPACE_IMAGE, q, 5, NULL, &h), 0);
+    cmr_hits_free(h);
+
+    cmr_txn *t;
+    enum { NEW_DIM = 24 };
+    /* Refused: the same model, and no change after an abort. */
+    assert_int_equal(cmr_txn_begin(s, &t), 0);
+    assert_int_equal(cmr_txn_replace_model(t, "test-model", "sha256:abcdef", DIM), CMR_EINVAL);
+    assert_int_equal(cmr_txn_replace_model(t, "new-model", "sha256:123456", NEW_DIM), 0);
+    cmr_txn_abort(t);
+    unsigned dim;
+    const char *name;
+    cmr_store_model(s, &name, NULL, &dim);
+    assert_string_equal(name, "test-model");
+    assert_int_equal(dim, DIM);
+    assert_int_equal(cmr_store_search(s, CMR_SPACE_IMAGE, q, 12, NULL, &h), 0);
+    assert_int_equal(h->n, 12);
+    cmr_hits_free(h);
+
+    /* The move: 8 of the 12 cases put again with new vectors. */
+    assert_int_equal(cmr_txn_begin(s, &t), 0);
+    assert_int_equal(cmr_txn_replace_model(t, "new-model", "sha256:123456", NEW_DIM), 0);
+    for (unsigned i = 0; i < 8; i++) {
+        cmr_case c;
+        char uid[64], pid[32];
+        cmr_diagnosis dx;
+        float img[NEW_DIM], txt[NEW_DIM];
+        make_case(i, &c, uid, pid, &dx, s);
+        test_vector(i, i % 4, NEW_DIM, 0.3f, img);
+        test_vector(i + 100000, i % 4, NEW_DIM, 0.3f, txt);
+        int replaced = 0;
+        assert_int_equal(cmr_txn_put_ex(t, &c, img, txt, NULL, &replaced), 0);
+        assert_int_equal(replaced, 1);
+    }
+    assert_int_equal(cmr_txn_commit(t), 0);
+    cmr_store_model(s, &name, NULL, &dim);
+    assert_string_equal(name, "new-model");
+    assert_int_equal(dim, NEW_DIM);
+    float q2[NEW_DIM];
+    test_vector(3, 3, NEW_DIM, 0.3f, q2);
+    assert_int_equal(cmr_store_search(s, CMR_SPACE_IMAGE, q2, 12, NULL, &h), 0);
+    assert_int_equal(h->n, 8);
+    assert_true(h->exact);
+    for (size_t i = 0; i < h->n; i++)
+        assert_string_equal(h->hits[i].record->model_id, "new-model@sha256:123456");
+    cmr_hits_free(h);
+    uint64_t id;
+    assert_int_equal(cmr_store_find_uid(s, "1.2.826.0.1.10", &id), 0); /* case 9: not put again */
+    cmr_case *c;
+    assert_int_equal(cmr_store_get(s, id, &c), 0);
+    assert_int_equal(c->vectors, 0);
+    cmr_case_free(c);
+    float v[NEW_DIM];
+    assert_int_equal(cmr_store_get_vector(s, id, CMR_SPACE_IMAGE, v), CMR_ENOTFOUND);
+    assert_verify_clean(s);
+    /* The handle opened before the move would search the old model's space. */
+    assert_int_equal(cmr_store_search(other, CMR_SPACE_IMAGE, q, 5, NULL, &h), CMR_EMODEL);
+    assert_non_null(strstr(cmr_errmsg(), "reopen"));
+    cmr_store_close(other);
+    /* A reopened store, and its rebuilt indexes, agree. */
+    assert_int_equal(cmr_store_close(s), 0);
+    assert_int_equal(cmr_store_open(db, 0, NULL, &f->store), 0);
+    s = f->store;
+    assert_int_equal(cmr_store_search(s, CMR_SPACE_TEXT, q2, 12, NULL, &h), 0);
+    assert_int_equal(h->n, 8);
+    cmr_hits_free(h);
+    assert_verify_clean(s);
+}
+
 static double recall_vs_exact(cmr_store *s, unsigned queries, size_t k)
 {
     size_t agree = 0, total = 0;
@@ -651,10 +738,51 @@ static void test_record_format_compatibility(void **state)
     cmr_case_free(d);
     /* Truncated in the middle of a field: refused, not misread. */
     assert_int_equal(cmr_record_decode(enc, len - 2, 9, &d), CMR_ECORRUPT);
-    ext[0] = 2; /* a later major version */
+    ext[0] = 3; /* a later major version */
     assert_int_equal(cmr_record_decode(ext, len + 5, 9, &d), CMR_EUNSUPPORTED);
+    ext[0] = 0;
+    assert_int_equal(cmr_record_decode(ext, len + 5, 9, &d), CMR_ECORRUPT);
+    /* Version 1 (before finding scores) still reads. */
+    ext[0] = 1;
+    assert_int_equal(cmr_record_decode(ext, len + 5, 9, &d), 0);
+    assert_int_equal(d->n_findings, 0);
+    assert_string_equal(d->study_uid, "1.2.3");
+    cmr_case_free(d);
     free(ext);
     free(enc);
+
+    /* Version 2: finding scores round-trip; a malformed one is refused. */
+    cmr_finding_score fs[2] = {{"lge", 0.75f}, {"lv_systolic_dysfunction", 0.0f}};
+    c.findings = fs;
+    c.n_findings = 2;
+    assert_int_equal(cmr_record_encode(&c, &enc, &len), 0);
+    assert_int_equal(enc[0], 2);
+    assert_int_equal(cmr_record_decode(enc, len, 9, &d), 0);
+    assert_int_equal(d->n_findings, 2);
+    assert_string_equal(d->findings[1].name, "lv_systolic_dysfunction");
+    assert_float_equal(d->findings[0].score, 0.75, 0);
+    cmr_case_free(d);
+    /* lge's field is tag 20, length 8, name length 3: make the name length
+     * disagree with the field's */
+    for (size_t i = 1; i + 2 < len; i++)
+        if (enc[i] == 20 && enc[i + 1] == 8 && enc[i + 2] == 3) {
+            enc[i + 2] = 5; /* name length disagrees with the field */
+            break;
+        }
+    assert_int_equal(cmr_record_decode(enc, len, 9, &d), CMR_ECORRUPT);
+    free(enc);
+    /* case checks: names and scores */
+    cmr_finding_score bad[2] = {{"lge", 1.5f}, {"Bad Name", 0.5f}};
+    c.findings = bad;
+    c.n_findings = 1;
+    assert_int_equal(cmr_case_check(&c), CMR_EINVAL);
+    c.findings = bad + 1;
+    assert_int_equal(cmr_case_check(&c), CMR_EINVAL);
+    cmr_finding_score twice[2] = {{"lge", 0.5f}, {"lge", 0.5f}};
+    c.findings = twice;
+    c.n_findings = 2;
+    assert_int_equal(cmr_case_check(&c), CMR_EINVAL);
+    assert_non_null(strstr(cmr_errmsg(), "twice"));
 }
 
 static void test_views(void **state)
@@ -681,6 +809,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_filters_flat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_case_to_case_excludes_self_and_patient, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replace_model, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ivf_switch_and_filters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_index_caught_up_and_damaged_index_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_index_from_another_store_refused, setup, teardown),

@@ -39,9 +39,49 @@ grep -q "other training options" "$tmp/err"
 "$cmrsearch" init --db "$tmp/db2" >/dev/null
 "$cmrsearch" index --db "$tmp/db2" --model "$tmp/a" "$tmp/archive" >/dev/null
 "$cmrsearch" search --db "$tmp/db2" --model "$tmp/a" --text "dilated cardiomyopathy" -k 3 --json >"$tmp/s.json"
+
+# The store moves to another model: refused without --reembed, then every
+# case re-embedded in one transaction; searches then need the new model.
+"$cmrsearch" search --db "$tmp/db2" --model "$tmp/b" --text "dcm" -k 1 >/dev/null  # same weights as a
+"$cmrsearch" train --db "$tmp/db" --seed 6 --epochs 2 --batch 4 --val-fraction 0 --out "$tmp/e" >/dev/null
+if "$cmrsearch" index --db "$tmp/db2" --model "$tmp/e" "$tmp/archive" 2>"$tmp/err" >/dev/null; then
+    echo "a second model was mixed into the store" >&2; exit 1
+fi
+grep -q -- "--reembed" "$tmp/err" || { echo "the refusal does not say how to move the store" >&2; cat "$tmp/err" >&2; exit 1; }
+"$cmrsearch" index --db "$tmp/db2" --reembed --model "$tmp/e" --json >"$tmp/re.json"
+"$cmrsearch" verify --db "$tmp/db2" >/dev/null
+if "$cmrsearch" search --db "$tmp/db2" --model "$tmp/a" --text "dcm" -k 1 2>/dev/null >/dev/null; then
+    echo "the old model still searches the moved store" >&2; exit 1
+fi
+"$cmrsearch" search --db "$tmp/db2" --model "$tmp/e" --text "dilated cardiomyopathy" -k 3 --json >"$tmp/s2.json"
+# A study that cannot be read again: nothing changes unless --keep-unreadable.
+mv "$tmp/archive" "$tmp/archive.moved"
+if "$cmrsearch" index --db "$tmp/db2" --reembed --model "$tmp/a" 2>"$tmp/err" >/dev/null; then
+    echo "re-embedding without the studies succeeded" >&2; exit 1
+fi
+grep -q "could not be read again" "$tmp/err"
+"$cmrsearch" search --db "$tmp/db2" --model "$tmp/e" --text "dcm" -k 1 >/dev/null
+mv "$tmp/archive.moved" "$tmp/archive"
+# train --continue: fine-tune the store's model and move the store to it.
+"$cmrsearch" train --db "$tmp/db2" --continue --model "$tmp/e" --out "$tmp/f" --epochs 1 --batch 4 \
+    --val-fraction 0 --seed 7 --json >"$tmp/f.json"
+"$cmrsearch" verify --db "$tmp/db2" >/dev/null
+"$cmrsearch" search --db "$tmp/db2" --model "$tmp/f" --text "dcm" -k 1 --json >"$tmp/s3.json"
 "$python" - "$tmp" <<'PY'
 import json, sys
 d = sys.argv[1]
+re = json.load(open(d + "/re.json"))
+assert re["cases"] == 16 and re["image_vectors"] == 16 and re["text_vectors"] == 16 and re["unreadable"] == 0, re
+import hashlib
+e_hash = hashlib.sha256(open(d + "/e/weights.safetensors", "rb").read()).hexdigest()
+assert re["weights_hash"] == e_hash, re
+s2 = json.load(open(d + "/s2.json"))
+assert len(s2["results"]) == 3 and all(r["case"]["model"] == "cmrsearch-compact@" + e_hash[:16]
+                                       for r in s2["results"]), s2
+f = json.load(open(d + "/f.json"))
+assert f["reembedded"] == 16 and f["epochs_run"] == 1, f
+assert json.load(open(d + "/f/model.json"))["training"]["init"] == d + "/e", f
+print("train_e2e: re-embedded 16 cases, continued 1 epoch, ok")
 a = json.load(open(d + "/a.json"))
 assert a["pairs"] == 16 and a["epochs_run"] == 4 and a["val_pairs"] > 0, a
 m = json.load(open(d + "/a/model.json"))
