@@ -110,15 +110,8 @@ void srv_case(cmr_server *s, srv_request *q, srv_response *r, uint64_t id)
     if (srv_check_params(q, r, no_params))
         return;
     cmr_case *c = NULL;
-    int rc = cmr_store_get(s->store, id, &c);
-    if (rc == CMR_ENOTFOUND) {
-        srv_error(r, 404, "no case %llu in this store", (unsigned long long)id);
+    if (srv_load_case(s, r, id, &c))
         return;
-    }
-    if (rc) {
-        srv_fail(r, rc, "reading the case");
-        return;
-    }
     q->entry.n_results = 1;
     json_t *o = srv_case_json(c, 1);
     if (o)
@@ -343,4 +336,14 @@ void srv_audit(cmr_server *s, srv_request *q, srv_response *r)
     r->status = 200;
     r->type = "application/json";
     r->len = strlen((char *)r->body);
+}
+
+int srv_load_case(cmr_server *s, srv_response *r, uint64_t id, cmr_case **c)
+{
+    int rc = cmr_store_get(s->store, id, c);
+    if (rc == CMR_ENOTFOUND)
+        srv_error(r, 404, "no case %llu in this store", (unsigned long long)id);
+    else if (rc)
+        srv_fail(r, rc, "reading the case");
+    return rc;
 }

@@ -292,15 +292,8 @@ void srv_image(cmr_server *s, srv_request *q, srv_response *r, uint64_t id, int 
         return;
     }
     cmr_case *c = NULL;
-    int rc = cmr_store_get(s->store, id, &c);
-    if (rc == CMR_ENOTFOUND) {
-        srv_error(r, 404, "no case %llu in this store", (unsigned long long)id);
+    if (srv_load_case(s, r, id, &c))
         return;
-    }
-    if (rc) {
-        srv_fail(r, rc, "reading the case");
-        return;
-    }
     if (!view) {
         view = (c->views & CMR_VIEW_CINE_SAX) ? CMR_VIEW_CINE_SAX : c->views & (~c->views + 1);
         if (!view) {
@@ -320,7 +313,7 @@ void srv_image(cmr_server *s, srv_request *q, srv_response *r, uint64_t id, int 
     size_t len = 0;
     int gone = 0;
     cmr_clear_error();
-    rc = render(c, view, cine, &png, &len, &gone);
+    int rc = render(c, view, cine, &png, &len, &gone);
     if (rc) {
         r->cache_seconds = 0;
         if (gone)

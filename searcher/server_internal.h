@@ -151,6 +151,9 @@ void srv_error(srv_response *r, unsigned status, const char *fmt, ...)
     ;
 /* An error from a CMR_E* code and cmr_errmsg(). */
 void srv_fail(srv_response *r, int code, const char *what);
+/* Case id from the store into *c (the caller frees it); otherwise the 404 or
+ * error answer is written to r and nonzero returned. */
+int srv_load_case(cmr_server *s, srv_response *r, uint64_t id, cmr_case **c);
 
 /* Query parameters: only names in `allowed` (NULL-terminated) may appear,
  * each at most once; a failure fills r and returns -1. */
