@@ -265,6 +265,28 @@ static void work_free(label_work *w)
     }
 }
 
+/* The log-probabilities over the classes that one space gives case i: its
+ * neighbours' codes, the leave-one-out class centroids and (weighted) the
+ * prompts.  *used: the neighbours that voted. */
+static int space_evidence(audit_ctx *a, label_work *w, size_t i, cmr_space space, double zs_weight, double *lp,
+                          size_t *used)
+{
+    size_t nc = a->n_classes;
+    for (size_t k = 0; k < nc; k++)
+        lp[k] = 0;
+    int rc = consensus(a, w, (long)i, space, lp, used);
+    if (rc)
+        return rc;
+    centroid_cos(a, w, (long)i, space, w->cen);
+    add_softmax(w->cen, nc, CENTROID_SCALE, 1.0, lp, w->z);
+    if (a->prompts && zs_weight > 0) {
+        prompt_cos(a, a->vec[space] + i * a->dim, w->cen);
+        add_softmax(w->cen, nc, ZS_SCALE, zs_weight, lp, w->z);
+    }
+    normalise_log(lp, nc);
+    return 0;
+}
+
 static int argmax(const double *p, size_t n)
 {
     int best = 0;
@@ -321,35 +343,15 @@ int audit_labels(audit_ctx *a)
         int have_img = (c->vectors >> CMR_SPACE_IMAGE & 1) && complete_views(c->views);
         if ((c->vectors >> CMR_SPACE_IMAGE & 1) && !have_img)
             skipped_views++;
-        if (have_img) {
-            for (size_t k = 0; k < nc; k++)
-                img[k] = 0;
-            if ((rc = consensus(a, &w, (long)i, CMR_SPACE_IMAGE, img, &n_img)))
-                goto done;
-            centroid_cos(a, &w, (long)i, CMR_SPACE_IMAGE, w.cen);
-            add_softmax(w.cen, nc, CENTROID_SCALE, 1.0, img, w.z);
-            if (a->prompts && ZS_WEIGHT_IMAGE > 0) {
-                prompt_cos(a, a->vec[CMR_SPACE_IMAGE] + i * a->dim, w.cen);
-                add_softmax(w.cen, nc, ZS_SCALE, ZS_WEIGHT_IMAGE, img, w.z);
-            }
-            normalise_log(img, nc);
-        }
+        if (have_img && (rc = space_evidence(a, &w, i, CMR_SPACE_IMAGE, ZS_WEIGHT_IMAGE, img, &n_img)))
+            goto done;
         /* What the impression says (text space): its neighbours' codes and
          * the leave-one-out class centroids of the impressions. */
         int have_txt = c->has_impression && (c->vectors >> CMR_SPACE_TEXT & 1);
         int imp = y;
         if (have_txt) {
-            for (size_t k = 0; k < nc; k++)
-                txt[k] = 0;
-            if ((rc = consensus(a, &w, (long)i, CMR_SPACE_TEXT, txt, &n_txt)))
+            if ((rc = space_evidence(a, &w, i, CMR_SPACE_TEXT, ZS_WEIGHT_TEXT, txt, &n_txt)))
                 goto done;
-            centroid_cos(a, &w, (long)i, CMR_SPACE_TEXT, w.cen);
-            add_softmax(w.cen, nc, CENTROID_SCALE, 1.0, txt, w.z);
-            if (a->prompts && ZS_WEIGHT_TEXT > 0) {
-                prompt_cos(a, a->vec[CMR_SPACE_TEXT] + i * a->dim, w.cen);
-                add_softmax(w.cen, nc, ZS_SCALE, ZS_WEIGHT_TEXT, txt, w.z);
-            }
-            normalise_log(txt, nc);
             imp = argmax(txt, nc);
         }
         if (imp != y) {
