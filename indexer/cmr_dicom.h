@@ -90,8 +90,12 @@ int cmr_dicom_probe(const char *path);
 /* Read every attribute above without decoding pixel data.  *out is freed
  * with cmr_dicom_header_free. */
 int cmr_dicom_read_header(const char *path, cmr_dicom_header **out);
-/* The same for a regular file cmr_dicom_probe has just accepted. */
-int cmr_dicom_read_header_probed(const char *path, cmr_dicom_header **out);
+/* The archive scan's read: the file is read once, probed, and parsed only
+ * when it is DICOM.  A file the probe refuses is not an error: 0 is returned
+ * with *is_dicom = 0 and *out NULL.  Otherwise *is_dicom = 1 and the result
+ * is cmr_dicom_read_header's.  A file that cannot be opened or read fails
+ * (CMR_EIO, or CMR_EINVAL for a non-regular file) with *is_dicom = 0. */
+int cmr_dicom_scan_header(const char *path, cmr_dicom_header **out, int *is_dicom);
 void cmr_dicom_header_free(cmr_dicom_header *h);
 
 /* Decode all frames of a greyscale image to float, after the modality
@@ -99,6 +103,13 @@ void cmr_dicom_header_free(cmr_dicom_header *h);
  * Decoders for JPEG baseline/extended/lossless, JPEG-LS, RLE and deflate are
  * registered once per process. */
 int cmr_dicom_read_pixels(const char *path, cmr_dicom_header **hdr, float **pixels);
+
+/* JPEG-LS frames are decoded by the indexer's own decoder where it takes
+ * them (jpegls_decode.h), by DCMTK's otherwise.  0 sends every frame to
+ * DCMTK, for tests and comparisons; process-wide, 1 by default. */
+void cmr_dicom_set_own_jpegls(int on);
+/* Frames the own decoder has decoded in this process. */
+unsigned long long cmr_dicom_own_jpegls_frames(void);
 
 /* A DICOM Structured Report (Basic, Enhanced or Comprehensive Text SR). */
 typedef struct cmr_sr_code {

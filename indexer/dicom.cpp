@@ -16,8 +16,10 @@
 #include <dcmtk/dcmdata/dcdict.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcpixel.h>
 #include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcrledrg.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmjpeg/djdecode.h>
@@ -28,6 +30,7 @@
 #include <dcmtk/oflog/spi/logevent.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdarg>
@@ -39,10 +42,13 @@
 #include <new>
 #include <sstream>
 #include <string>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <vector>
 
 #include "cmr_dicom.h"
+#include "jpegls_decode.h"
 
 /* Decoded samples per call; bounds what a tiny compressed file can make us
  * allocate from its Rows x Columns x NumberOfFrames (the fuzz build lowers it). */
@@ -189,6 +195,18 @@ static bool plausible_first_element(const unsigned char *b, size_t n)
     return len % 2 == 0 && len <= 1024;
 }
 
+static bool probe_bytes(const unsigned char *b, size_t n)
+{
+    if (n >= 132 && memcmp(b + 128, "DICM", 4) == 0)
+        return true;
+    return plausible_first_element(b, n);
+}
+
+static int not_dicom(const char *path)
+{
+    return failf(CMR_EFORMAT, path, "not DICOM: no \"DICM\" at offset 128 and no group 0002/0008 element at offset 0");
+}
+
 extern "C" int cmr_dicom_probe(const char *path)
 {
     if (!path) {
@@ -208,32 +226,114 @@ extern "C" int cmr_dicom_probe(const char *path)
         failf(CMR_EIO, path, "cannot read: %s", strerror(errno));
         return 0;
     }
-    if (n == sizeof b && memcmp(b + 128, "DICM", 4) == 0)
+    if (probe_bytes(b, n))
         return 1;
-    if (plausible_first_element(b, n))
-        return 1;
-    failf(CMR_EFORMAT, path, "not DICOM: no \"DICM\" at offset 128 and no group 0002/0008 element at offset 0");
+    not_dicom(path);
     return 0;
 }
 
 /* ---- loading and attribute access ------------------------------------------------------ */
 
-/* probed: the caller has just run cmr_dicom_probe on this regular file (the
- * archive scan does, to tell DICOM from reports): not again, 61,000 times. */
-static int load(const char *path, DcmFileFormat &ff, Uint32 max_read, bool probed = false)
+/* Files up to this size are read with one read(2), probed and parsed from
+ * memory: DCMTK's file stream goes through stdio, whose locked
+ * fread/ftello/feof per element, with a separate open for the probe, were a
+ * sixth of the archive scan's CPU.  Larger files keep the file stream, which
+ * leaves values above max_read on disk until they are asked for (a 1 GB
+ * multi-frame object must not be read whole for its header).  DCMTK's buffer
+ * stream takes even lengths only; an odd-sized file is damaged anyway and
+ * goes the file-stream way, which words its truncation as before. */
+static const off_t MEMORY_PARSE_MAX = 8 << 20;
+
+namespace {
+struct file_bytes {
+    std::unique_ptr<unsigned char, free_del> data;
+    size_t size = 0;    /* bytes in data */
+    bool whole = false; /* data is the whole file, of even length */
+};
+} // namespace
+
+/* The whole file when it can be parsed from memory, else its first 132
+ * bytes (for the probe); fails only when the file cannot be opened or read. */
+static int read_file_bytes(const char *path, file_bytes &fb)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return failf(CMR_EIO, path, "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return failf(CMR_EIO, path, "cannot stat: %s", strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return failf(CMR_EINVAL, path, "not a regular file");
+    }
+    fb.whole = st.st_size > 0 && st.st_size <= MEMORY_PARSE_MAX && st.st_size % 2 == 0;
+    size_t want = fb.whole ? (size_t)st.st_size : 132;
+    fb.data.reset((unsigned char *)malloc(want));
+    if (!fb.data) {
+        close(fd);
+        return failf(CMR_ENOMEM, path, "out of memory for %zu bytes", want);
+    }
+    while (fb.size < want) {
+        ssize_t n = read(fd, fb.data.get() + fb.size, want - fb.size);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            close(fd);
+            return failf(CMR_EIO, path, "cannot read: %s", strerror(e));
+        }
+        if (n == 0)
+            break;
+        fb.size += (size_t)n;
+    }
+    close(fd);
+    if (fb.whole && fb.size != want) /* shrank under us: let DCMTK's file stream see what is there */
+        fb.whole = false;
+    return 0;
+}
+
+static OFCondition parse_bytes(const char *path, const file_bytes &fb, DcmFileFormat &ff, Uint32 max_read)
+{
+    if (!fb.whole)
+        return ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, max_read, ERM_autoDetect);
+    /* A buffer stream cannot make a factory for deferred values, so DCMTK
+     * copies every value during read(): the bytes are not needed afterwards. */
+    DcmInputBufferStream in;
+    in.setBuffer(fb.data.get(), (offile_off_t)fb.size);
+    in.setEos();
+    ff.transferInit();
+    OFCondition c = ff.read(in, EXS_Unknown, EGL_noChange, max_read);
+    ff.transferEnd();
+    in.releaseBuffer();
+    return c;
+}
+
+/* is_dicom: when given, a file the probe refuses is not an error: *is_dicom
+ * is set to false and 0 returned with ff untouched (the archive scan tells
+ * DICOM from reports this way, reading each file once). */
+static int load(const char *path, DcmFileFormat &ff, Uint32 max_read, bool *is_dicom = nullptr)
 {
     if (!path)
         return cmr_fail(CMR_EINVAL, "no path given");
-    if (!probed) {
-        struct stat st;
-        if (stat(path, &st) != 0)
-            return failf(CMR_EIO, path, "cannot open: %s", strerror(errno));
-        if (!S_ISREG(st.st_mode))
-            return failf(CMR_EINVAL, path, "not a regular file");
-        if (!cmr_dicom_probe(path))
-            return CMR_EFORMAT; /* probe's message names the file and the reason */
-    }
-    OFCondition c = ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, max_read, ERM_autoDetect);
+    file_bytes fb;
+    int rc = read_file_bytes(path, fb);
+    if (rc)
+        return rc;
+    if (is_dicom)
+        *is_dicom = probe_bytes(fb.data.get(), fb.size);
+    if (is_dicom && !*is_dicom)
+        return 0;
+    if (!is_dicom && !probe_bytes(fb.data.get(), fb.size))
+        return not_dicom(path);
+    OFCondition c = parse_bytes(path, fb, ff, max_read);
+    /* Damaged files are rare: read one again through the file stream, whose
+     * conditions the diagnosis below knows (the buffer stream reports a
+     * premature end as an invalid stream, without the element inserted). */
+    if (c.bad() && fb.whole)
+        c = ff.loadFile(OFFilename(path), EXS_Unknown, EGL_noChange, max_read, ERM_autoDetect);
     if (c.good() && ff.getDataset()->card() == 0)
         return failf(CMR_EFORMAT, path, "the data set is empty");
     if (c.good())
@@ -724,7 +824,7 @@ static int read_header_from(const char *path, DcmFileFormat &ff, cmr_dicom_heade
     return rc;
 }
 
-static int read_header(const char *path, cmr_dicom_header **out, bool probed)
+static int read_header(const char *path, cmr_dicom_header **out, bool *is_dicom)
 {
     if (!out)
         return cmr_fail(CMR_EINVAL, "cmr_dicom_read_header: no output");
@@ -732,8 +832,8 @@ static int read_header(const char *path, cmr_dicom_header **out, bool probed)
     CMR_GUARD(path, {
         begin_call();
         DcmFileFormat ff;
-        int rc = load(path, ff, HEADER_MAX_READ, probed);
-        if (rc)
+        int rc = load(path, ff, HEADER_MAX_READ, is_dicom);
+        if (rc || (is_dicom && !*is_dicom))
             return rc;
         header_ctx c;
         return read_header_from(path, ff, out, c);
@@ -742,12 +842,17 @@ static int read_header(const char *path, cmr_dicom_header **out, bool probed)
 
 extern "C" int cmr_dicom_read_header(const char *path, cmr_dicom_header **out)
 {
-    return read_header(path, out, false);
+    return read_header(path, out, nullptr);
 }
 
-extern "C" int cmr_dicom_read_header_probed(const char *path, cmr_dicom_header **out)
+extern "C" int cmr_dicom_scan_header(const char *path, cmr_dicom_header **out, int *is_dicom)
 {
-    return read_header(path, out, true);
+    if (!is_dicom)
+        return cmr_fail(CMR_EINVAL, "cmr_dicom_scan_header: no is_dicom output");
+    bool dicom = false;
+    int rc = read_header(path, out, &dicom);
+    *is_dicom = dicom;
+    return rc;
 }
 
 extern "C" void cmr_dicom_header_free(cmr_dicom_header *h)
@@ -788,6 +893,27 @@ static double sample(const unsigned char *p, const unpack &u)
     return (double)v;
 }
 
+/* sample() for 16-bit cells without MONOCHROME1, the MR case, as a loop the
+ * compiler can vectorise: the same values, with no per-sample switch.  An
+ * identity rescale is skipped, which changes nothing (an integer below 2^16
+ * times 1 plus 0 is exact in double). */
+static void unpack16(const unsigned char *src, size_t n, const unpack &u, double slope, double intercept, float *dst)
+{
+    const unsigned shift = (unsigned)u.shift, mask = (unsigned)u.mask, sign = 32u - (unsigned)u.bits_stored;
+    const bool is_signed = u.is_signed;
+    auto value = [&](size_t i) {
+        unsigned raw = ((unsigned)src[2 * i] | (unsigned)src[2 * i + 1] << 8) >> shift & mask;
+        /* Two's complement from bits_stored bits (arithmetic >> as gcc and clang). */
+        return is_signed ? (int)(raw << sign) >> sign : (int)raw;
+    };
+    if (slope == 1.0 && intercept == 0.0)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)value(i);
+    else
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)((double)value(i) * slope + intercept);
+}
+
 static int decode_float_data(header_ctx &c, float *px, size_t samples)
 {
     size_t width = c.pixels->getTag() == DCM_FloatPixelData ? sizeof(Float32) : sizeof(Float64);
@@ -809,6 +935,47 @@ static int decode_float_data(header_ctx &c, float *px, size_t samples)
     return 0;
 }
 
+static std::atomic<bool> g_own_jpegls{true};
+static std::atomic<unsigned long long> g_own_jpegls_frames{0};
+
+extern "C" void cmr_dicom_set_own_jpegls(int on) { g_own_jpegls = on != 0; }
+
+extern "C" unsigned long long cmr_dicom_own_jpegls_frames(void) { return g_own_jpegls_frames; }
+
+/* JPEG-LS frames through jpegls_decode.c into 8- or 16-bit cells, laid out
+ * as DCMTK's decoder leaves them.  False (nothing decoded) when the data is
+ * not JPEG-LS, not one fragment per frame, or a stream the decoder does not
+ * take or finds damaged: DCMTK then decodes, or says what is wrong. */
+static bool own_jpegls_decode(header_ctx &c, const cmr_dicom_header *h, std::unique_ptr<unsigned char, free_del> &cells)
+{
+    if (!g_own_jpegls || (c.xfer != EXS_JPEGLSLossless && c.xfer != EXS_JPEGLSLossy) || !c.encapsulated ||
+        c.pixels->ident() != EVR_PixelData || (h->bits_allocated != 8 && h->bits_allocated != 16) ||
+        int_or(c.ds, DCM_HighBit, h->bits_stored - 1) != h->bits_stored - 1)
+        return false;
+    DcmPixelSequence *seq = nullptr;
+    if (OFstatic_cast(DcmPixelData *, c.pixels)->getEncapsulatedRepresentation(c.xfer, nullptr, seq).bad() || !seq ||
+        seq->card() != (unsigned long)h->frames + 1)
+        return false;
+    const int cell = h->bits_allocated / 8;
+    const size_t per_frame = (size_t)h->rows * (size_t)h->columns;
+    cells.reset((unsigned char *)malloc(per_frame * (size_t)h->frames * (size_t)cell));
+    if (!cells)
+        return false;
+    const cmr_jls_info want = {h->columns, h->rows, h->bits_allocated};
+    for (int f = 0; f < h->frames; f++) {
+        DcmPixelItem *item = nullptr;
+        Uint8 *data = nullptr;
+        if (seq->getItem(item, (unsigned long)f + 1).bad() || !item || item->getUint8Array(data).bad() || !data ||
+            cmr_jls_decode(data, item->getLength(), &want, cells.get() + (size_t)f * per_frame * (size_t)cell, cell) !=
+                CMR_JLS_OK) {
+            cells.reset();
+            return false;
+        }
+    }
+    g_own_jpegls_frames += (unsigned long long)h->frames;
+    return true;
+}
+
 static int decode_integer_data(header_ctx &c, cmr_dicom_header *h, float *px)
 {
     const char *path = c.path;
@@ -821,7 +988,10 @@ static int decode_integer_data(header_ctx &c, cmr_dicom_header *h, float *px)
     if (c.encapsulated && !x.isEncapsulated())
         return failf(CMR_EFORMAT, path, "Pixel Data (7FE0,0010) is encapsulated but the transfer syntax %s is not",
                      h->transfer_syntax_name);
-    if (x.isEncapsulated()) {
+    std::unique_ptr<unsigned char, free_del> own_cells;
+    if (own_jpegls_decode(c, h, own_cells)) {
+        /* decoded without DCMTK: the header's sample layout stands */
+    } else if (x.isEncapsulated()) {
         if (!DcmCodecList::canChangeCoding(c.xfer, EXS_LittleEndianExplicit))
             return failf(CMR_EUNSUPPORTED, path, "transfer syntax %s (%s) cannot be decoded: no decoder for it",
                          h->transfer_syntax_name, h->transfer_syntax_uid);
@@ -842,9 +1012,11 @@ static int decode_integer_data(header_ctx &c, cmr_dicom_header *h, float *px)
             return failf(CMR_EFORMAT, path, "%s decoder produced BitsAllocated %d, BitsStored %d", h->transfer_syntax_name,
                          h->bits_allocated, h->bits_stored);
     }
-    const unsigned char *bytes = nullptr;
+    const unsigned char *bytes = own_cells.get();
     OFCondition cond;
-    if (c.pixels->ident() == EVR_OW) {
+    if (bytes) {
+        /* ours */
+    } else if (c.pixels->ident() == EVR_OW) {
         Uint16 *w = nullptr;
         cond = c.pixels->getUint16Array(w);
         bytes = (const unsigned char *)w;
@@ -870,15 +1042,18 @@ static int decode_integer_data(header_ctx &c, cmr_dicom_header *h, float *px)
 
     size_t per_frame = (size_t)h->rows * (size_t)h->columns;
     unsigned long long need = (unsigned long long)per_frame * (unsigned long long)h->frames * (unsigned long long)u.bytes;
-    if (c.pixels->getLength() < need)
+    if (!own_cells && c.pixels->getLength() < need)
         return failf(CMR_EFORMAT, path, "decoded Pixel Data (7FE0,0010) holds %lu bytes, %d frame(s) of %dx%d need %llu",
                      (unsigned long)c.pixels->getLength(), h->frames, h->rows, h->columns, need);
     for (int f = 0; f < h->frames; f++) {
         const cmr_dicom_frame *fr = &h->frame[f];
         const unsigned char *src = bytes + (size_t)f * per_frame * (size_t)u.bytes;
         float *dst = px + (size_t)f * per_frame;
-        for (size_t i = 0; i < per_frame; i++)
-            dst[i] = (float)(sample(src + i * (size_t)u.bytes, u) * fr->rescale_slope + fr->rescale_intercept);
+        if (u.bytes == 2 && !u.invert)
+            unpack16(src, per_frame, u, fr->rescale_slope, fr->rescale_intercept, dst);
+        else
+            for (size_t i = 0; i < per_frame; i++)
+                dst[i] = (float)(sample(src + i * (size_t)u.bytes, u) * fr->rescale_slope + fr->rescale_intercept);
     }
     return 0;
 }

@@ -2,9 +2,10 @@
  * group into studies and series, and order each series' images along the
  * slice normal and by trigger time.
  *
- * Memory stays bounded by the headers (a few KB per file): pixel data is
- * never read here.  Files that are not DICOM are rejected by cmr_dicom_probe
- * from their first 132 bytes; those that look like reports are listed. */
+ * Memory stays bounded by the headers (a few KB per file): a file's bytes
+ * are held only while its header is parsed, and pixel data is never decoded
+ * here.  Files that are not DICOM are told by their first 132 bytes (the
+ * probe of cmr_dicom_scan_header); those that look like reports are listed. */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -187,8 +188,13 @@ static void *reader_thread(void *arg)
         base = base ? base + 1 : f->path;
         if (!strcmp(base, "DICOMDIR")) {
             f->kind = FILE_OTHER; /* the walk finds every file a DICOMDIR lists */
-        } else if (cmr_dicom_probe(f->path)) {
-            if (cmr_dicom_read_header_probed(f->path, &f->header) == 0) {
+        } else {
+            int is_dicom = 0;
+            int rc = cmr_dicom_scan_header(f->path, &f->header, &is_dicom);
+            if (!is_dicom) {
+                /* An unreadable file is left to the report reader, which names it. */
+                f->kind = looks_like_report(f->path) ? FILE_REPORT : FILE_OTHER;
+            } else if (rc == 0) {
                 f->kind = FILE_DICOM;
             } else {
                 f->kind = FILE_BAD;
@@ -196,8 +202,6 @@ static void *reader_thread(void *arg)
                 cmr_archive_add_issue(st->a, f->path, NULL, CMR_EFORMAT, "%s", cmr_errmsg());
                 pthread_mutex_unlock(&st->issues_lock);
             }
-        } else {
-            f->kind = looks_like_report(f->path) ? FILE_REPORT : FILE_OTHER;
         }
         size_t done = atomic_fetch_add(&st->done, 1) + 1;
         if (st->opts && st->opts->progress && (done % 64 == 0 || done == st->n_files))

@@ -14,7 +14,7 @@ set(CMR_FUZZ_DICOM_SRC ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_dicom.c)
 if(CMAKE_C_COMPILER_ID STREQUAL "Clang" AND CMAKE_CXX_COMPILER_ID STREQUAL "Clang" AND EXISTS ${CMR_FUZZ_DICOM_SRC})
   find_package(DCMTK REQUIRED CONFIG)
   set(CMR_FUZZ_FLAGS -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
-  add_library(cmr_dicom_fuzz_obj OBJECT ${CMAKE_SOURCE_DIR}/indexer/dicom.cpp)
+  add_library(cmr_dicom_fuzz_obj OBJECT ${CMAKE_SOURCE_DIR}/indexer/dicom.cpp ${CMAKE_SOURCE_DIR}/indexer/jpegls_decode.c)
   target_include_directories(cmr_dicom_fuzz_obj PRIVATE ${CMAKE_SOURCE_DIR}/indexer)
   target_link_libraries(cmr_dicom_fuzz_obj PRIVATE cmr_common DCMTK::dcmdata DCMTK::dcmsr)
   target_compile_options(cmr_dicom_fuzz_obj PRIVATE ${CMR_FUZZ_FLAGS})
@@ -37,3 +37,7 @@ if(CMAKE_C_COMPILER_ID STREQUAL "Clang" AND CMAKE_CXX_COMPILER_ID STREQUAL "Clan
                    ${CMR_FUZZ_DICOM_NEW} ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/dicom)
   set_tests_properties(fuzz_dicom_smoke PROPERTIES TIMEOUT 60)
 endif()
+
+# test_jpegls: the indexer's own JPEG-LS decoder against DCMTK's, on streams
+# made by DCMTK's dcmcjpls, and on damaged streams.
+cmr_add_test(test_jpegls SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_jpegls.c LIBS cmr_indexer TIMEOUT 300)

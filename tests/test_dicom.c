@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "cmr_dicom.h"
+#include "test_util.h"
 
 #ifndef CMR_SOURCE_DIR
 #error "CMR_SOURCE_DIR must name the source tree (tests/dicom.cmake sets it)"
@@ -77,18 +78,7 @@ static int have_tool(const char *name)
         }                                                                                      \
     } while (0)
 
-static int run(const char *fmt, ...)
-{
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    int rc = system(cmd);
-    if (rc != 0)
-        print_message("command failed (%d): %s\n", rc, cmd);
-    return rc;
-}
+#define run test_run
 
 static void tmp_path(char *out, size_t cap, const char *name)
 {
@@ -97,11 +87,7 @@ static void tmp_path(char *out, size_t cap, const char *name)
 
 static void write_file(const char *path, const void *data, size_t n)
 {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    if (n)
-        assert_int_equal(fwrite(data, 1, n, f), n);
-    assert_int_equal(fclose(f), 0);
+    assert_int_equal(test_write_file(path, data, n), 0);
 }
 
 static unsigned char *read_file(const char *path, size_t *n)

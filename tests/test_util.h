@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,31 @@ static inline double test_rel_error(const float *got, const float *want, size_t 
         err = e > err ? e : err;
     }
     return mx > 0 ? err / mx : err;
+}
+
+/* Runs a shell command; a failure is printed with the command.  Returns
+ * system()'s status. */
+static inline int test_run(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int rc = system(cmd);
+    if (rc != 0)
+        fprintf(stderr, "command failed (%d): %s\n", rc, cmd);
+    return rc;
+}
+
+/* Writes n bytes to path; 0, or -1 with errno set. */
+static inline int test_write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    int ok = n == 0 || fwrite(data, 1, n, f) == n;
+    return (fclose(f) == 0 && ok) ? 0 : -1;
 }
 
 static inline char *test_tmpdir(void)

@@ -10,10 +10,9 @@
 #include <string.h>
 
 #include "cmr_error.h"
+#include "jpegls_model.h"
 
-enum { RESET = 64, NCTX = 365, MIN_C = -128, MAX_C = 127 };
-
-static const int J[32] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+#define J cmr_jls_J
 
 /* Bit writer: pending bits left-aligned in acc, MSB first.  After a 0xFF
  * byte the next byte carries only 7 bits (a stuffed 0 bit, T.87 A.1), so
@@ -103,27 +102,7 @@ static void bw_end(bitw *w)
     }
 }
 
-/* Smallest k with n << k >= a. */
-static inline int golomb_k(int n, int a)
-{
-    if (n >= a)
-        return 0;
-    int k = __builtin_clz((unsigned)n) - __builtin_clz((unsigned)a);
-    return ((unsigned)n << k) < (unsigned)a ? k + 1 : k;
-}
-
-/* A context's statistics side by side: one cache line per sample. */
-typedef struct jls_stat {
-    int A, B, C, N;
-} jls_stat;
-
-typedef struct jls_ctx {
-    int limit, qbpp, range, maxval, shift;
-    jls_stat s[NCTX + 2]; /* regular contexts, then the two run-interruption ones */
-    int Nn[2];
-} jls_ctx;
-
-static inline void encode_mapped(bitw *w, const jls_ctx *c, int k, uint32_t m, int limit)
+static inline void encode_mapped(bitw *w, const cmr_jls_ctx *c, int k, uint32_t m, int limit)
 {
     uint32_t hb = m >> k;
     if (hb < (uint32_t)(limit - c->qbpp - 1)) {
@@ -142,77 +121,30 @@ static inline void encode_mapped(bitw *w, const jls_ctx *c, int k, uint32_t m, i
     bw_put(w, (m - 1) & ((1u << c->qbpp) - 1), c->qbpp);
 }
 
-/* T.87's modulo reduction into [-RANGE/2, RANGE/2): RANGE is 2^bits, so
- * it is the sign extension of the low bits (arithmetic >> as gcc/clang). */
-static inline int mod_range(const jls_ctx *c, int e)
-{
-    return (int)((unsigned)e << c->shift) >> c->shift;
-}
-
-static inline int med(int ra, int rb, int rc)
-{
-    int mx = ra > rb ? ra : rb, mn = ra > rb ? rb : ra;
-    int p = ra + rb - rc;
-    p = rc >= mx ? mn : p;
-    return rc <= mn ? mx : p;
-}
-
-static inline void encode_regular(bitw *w, jls_ctx *c, int qs, int x, int pred)
+static inline void encode_regular(bitw *w, cmr_jls_ctx *c, int qs, int x, int pred)
 {
     int sign = qs >> 31; /* -1 for a negative context */
-    jls_stat *st = &c->s[(qs ^ sign) - sign];
-    int a = st->A, b = st->B, n = st->N, cc = st->C;
-    int k = golomb_k(n, a);
-    int px = pred + ((cc ^ sign) - sign);
+    cmr_jls_stat *st = &c->s[(qs ^ sign) - sign];
+    int k = cmr_jls_golomb_k(st->N, st->A);
+    int px = pred + ((st->C ^ sign) - sign);
     px = px < 0 ? 0 : (px > c->maxval ? c->maxval : px);
-    int err = mod_range(c, ((x - px) ^ sign) - sign);
-    int corr = k ? 0 : ((2 * b + n - 1) >> 31);
+    int err = cmr_jls_mod_range(c, ((x - px) ^ sign) - sign);
+    int corr = k ? 0 : ((2 * st->B + st->N - 1) >> 31);
     int e2 = err ^ corr;
     uint32_t m = (uint32_t)((e2 >> 31) ^ (2 * e2));
     encode_mapped(w, c, k, m, c->limit);
-    b += err;
-    a += err < 0 ? -err : err;
-    if (n == RESET) {
-        a >>= 1;
-        b >>= 1; /* arithmetic shift, as CharLS */
-        n >>= 1;
-    }
-    n++;
-    if (b + n <= 0) {
-        b += n;
-        if (b <= -n)
-            b = -n + 1;
-        cc -= cc > MIN_C;
-    } else if (b > 0) {
-        b -= n;
-        if (b > 0)
-            b = 0;
-        cc += cc < MAX_C;
-    }
-    st->A = a, st->B = b, st->N = n, st->C = cc;
+    cmr_jls_update(c, st, err);
 }
 
-static inline void encode_ri(bitw *w, jls_ctx *c, int ritype, int err, int runindex)
+static inline void encode_ri(bitw *w, cmr_jls_ctx *c, int ritype, int err, int runindex)
 {
-    jls_stat *st = &c->s[NCTX + ritype];
-    int n = st->N, nn = c->Nn[ritype];
-    int k = golomb_k(n, st->A + (n >> 1) * ritype);
+    int n = c->s[CMR_JLS_NCTX + ritype].N, nn = c->Nn[ritype];
+    int k = cmr_jls_ri_k(c, ritype);
     int map = (k == 0 && err > 0 && 2 * nn < n) || (err < 0 && 2 * nn >= n) || (err < 0 && k != 0);
     int em = 2 * (err < 0 ? -err : err) - ritype - map;
     encode_mapped(w, c, k, (uint32_t)em, c->limit - J[runindex] - 1);
-    if (err < 0)
-        nn++;
-    st->A += (em + 1 - ritype) >> 1;
-    if (n == RESET) {
-        st->A >>= 1;
-        n >>= 1;
-        nn >>= 1;
-    }
-    st->N = n + 1;
-    c->Nn[ritype] = nn;
+    cmr_jls_ri_update(c, ritype, err, em);
 }
-
-static int jls_clamp(int i, int j, int maxval) { return i > maxval || i < j ? j : i; }
 
 size_t cmr_jls_bound(int cols, int rows, int bits)
 {
@@ -231,7 +163,7 @@ int cmr_jls_encode(const uint16_t *px, int cols, int rows, int bits, uint8_t *ou
         return cmr_fail(CMR_EINVAL, "JPEG-LS: unsupported image %dx%d at %d bits", cols, rows, bits);
     if (cap < cmr_jls_bound(cols, rows, bits))
         return cmr_fail(CMR_ENOMEM, "JPEG-LS: output buffer of %zu bytes is too small", cap);
-    jls_ctx *c = malloc(sizeof *c);
+    cmr_jls_ctx *c = malloc(sizeof *c);
     int *lines = calloc(2 * ((size_t)cols + 2), sizeof *lines);
     int range = 1 << bits;
     signed char *quant = malloc(2 * (size_t)range);
@@ -239,27 +171,11 @@ int cmr_jls_encode(const uint16_t *px, int cols, int rows, int bits, uint8_t *ou
         free(c), free(lines), free(quant);
         return cmr_fail(CMR_ENOMEM, "JPEG-LS: out of memory");
     }
-    c->maxval = range - 1;
-    c->range = range;
-    c->qbpp = bits;
-    c->limit = 2 * (bits + (bits > 8 ? bits : 8));
-    int factor = ((c->maxval < 4095 ? c->maxval : 4095) + 128) / 256;
-    int t1 = jls_clamp(factor * (3 - 2) + 2, 1, c->maxval);
-    int t2 = jls_clamp(factor * (7 - 3) + 3, t1, c->maxval);
-    int t3 = jls_clamp(factor * (21 - 4) + 4, t2, c->maxval);
-    c->shift = 32 - bits;
-    /* qt[d] for d in [-range, range): the gradient's region, T.87 A.3.3. */
+    int t[3];
+    cmr_jls_default_thresholds(range - 1, t);
+    cmr_jls_init(c, bits, t, CMR_JLS_RESET, quant);
     signed char *qt = quant + range;
-    const int edge[9] = {-range, -t3 + 1, -t2 + 1, -t1 + 1, 0, 1, t1, t2, t3};
-    for (int r = 0; r < 9; r++) {
-        int hi = r < 8 ? edge[r + 1] : range;
-        if (hi > edge[r])
-            memset(qt + edge[r], r - 4, (size_t)(hi - edge[r]));
-    }
-    int a0 = (range + 32) / 64 > 2 ? (range + 32) / 64 : 2;
-    for (int i = 0; i < NCTX + 2; i++)
-        c->s[i] = (jls_stat){a0, 0, 0, 1};
-    c->Nn[0] = c->Nn[1] = 0;
+    int t1 = t[0], t2 = t[1], t3 = t[2];
 
     uint8_t *o = out;
     static const uint8_t soi_sof[4] = {0xFF, 0xD8, 0xFF, 0xF7};
@@ -273,7 +189,7 @@ int cmr_jls_encode(const uint16_t *px, int cols, int rows, int bits, uint8_t *ou
         /* CharLS states the (default) preset parameters above 12 bits. */
         const uint8_t lse[15] = {0xFF, 0xF8, 0x00, 0x0D, 1, (uint8_t)(c->maxval >> 8), (uint8_t)c->maxval,
                                  (uint8_t)(t1 >> 8), (uint8_t)t1, (uint8_t)(t2 >> 8), (uint8_t)t2, (uint8_t)(t3 >> 8),
-                                 (uint8_t)t3, 0, RESET};
+                                 (uint8_t)t3, 0, CMR_JLS_RESET};
         memcpy(o, lse, sizeof lse);
         o += sizeof lse;
     }
@@ -295,16 +211,15 @@ int cmr_jls_encode(const uint16_t *px, int cols, int rows, int bits, uint8_t *ou
             rc = cmr_fail(CMR_EINVAL, "JPEG-LS: row %d has a sample above %d bits", y, bits);
             goto done;
         }
-        prev[cols] = prev[cols - 1];
-        cur[-1] = prev[0];
+        cmr_jls_line_edges(prev, cur, cols);
         int i = 0, rb = prev[-1], rd = prev[0];
         while (i < cols) {
             int ra = cur[i - 1], rcc = rb;
             rb = rd;
             rd = prev[i + 1];
-            int qs = (qt[rd - rb] * 9 + qt[rb - rcc]) * 9 + qt[rcc - ra];
+            int qs = cmr_jls_context(qt, ra, rb, rcc, rd);
             if (qs != 0) {
-                encode_regular(&w, c, qs, cur[i], med(ra, rb, rcc));
+                encode_regular(&w, c, qs, cur[i], cmr_jls_med(ra, rb, rcc));
                 i++;
                 continue;
             }
@@ -330,10 +245,10 @@ int cmr_jls_encode(const uint16_t *px, int cols, int rows, int bits, uint8_t *ou
                 bw_put(&w, (uint32_t)rl, J[runindex] + 1);
                 int x = cur[i + r], b = prev[i + r];
                 if (ra == b) {
-                    encode_ri(&w, c, 1, mod_range(c, x - ra), runindex);
+                    encode_ri(&w, c, 1, cmr_jls_mod_range(c, x - ra), runindex);
                 } else {
                     int s = ((b - ra) >> 31) | 1;
-                    encode_ri(&w, c, 0, mod_range(c, (x - b) * s), runindex);
+                    encode_ri(&w, c, 0, cmr_jls_mod_range(c, (x - b) * s), runindex);
                 }
                 if (runindex > 0)
                     runindex--;
