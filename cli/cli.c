@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cmr_cli.h"
+#include "cmr_model.h"
 
 #define MAX_OPTIONS 32
 
@@ -118,6 +119,7 @@ int cmr_cli_run(int argc, char **argv, FILE *out, FILE *err)
 
 int cmr_cli_main(int argc, char **argv)
 {
+    cmr_blas_init(); /* single-threaded here, before FAISS or a model runs */
     return cmr_cli_run(argc, argv, stdout, stderr);
 }
 

@@ -44,6 +44,14 @@ typedef struct cmr_model_input {
     float mean[3], std[3];
 } cmr_model_input;
 
+/* Picks OpenBLAS's kernels for this CPU where OpenBLAS fell back to generic
+ * ones (model/ops.c says when and why).  Call it before any other thread
+ * exists and before any BLAS work: cmrsearch does at start; cmr_model_open
+ * does too, for programs that do not.  Idempotent.  cmr_blas_core() names
+ * the kernels in use ("unknown" when the BLAS is not OpenBLAS). */
+void cmr_blas_init(void);
+const char *cmr_blas_core(void);
+
 /* path: the model directory or its model.json. */
 int cmr_model_open(const char *path, cmr_model **out);
 void cmr_model_close(cmr_model *m); /* NULL is harmless */

@@ -106,6 +106,7 @@ static int locate(const char *path, char **dir, char **config)
 int cmr_model_open(const char *path, cmr_model **out)
 {
     *out = NULL;
+    cmr_model_threads_init();
     char *config = NULL;
     json_t *root = NULL;
     int rc;

@@ -2,11 +2,13 @@
  * element-wise and per-row work runs in OpenMP loops; attention uses its own
  * small-matrix kernel (see cmr_attend in model_internal.h for why). */
 #include <cblas.h>
+#include <dlfcn.h>
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "model_internal.h"
 
@@ -15,7 +17,62 @@
 
 void openblas_set_num_threads(int n);
 
-static void blas_single_thread(void) { openblas_set_num_threads(1); }
+/* OpenBLAS 0.3.21 (Debian 12) does not recognise recent Xeons, this
+ * machine's AVX-512 cores among them, and falls back to its Prescott (SSE3)
+ * kernels: sgemm at a fifth of the speed the SkylakeX kernels reach here
+ * (docs/benchmarks.md, "BLAS kernel").  Its dynamic-architecture build
+ * exports the initialisation it runs at load time; when it has fallen back
+ * and the CPU (and OS) support AVX-512 or AVX2 + FMA, it is run again with
+ * the matching core.  Looked up with dlsym, so that another BLAS, or a
+ * later OpenBLAS without these symbols, is simply left as it is.  A user's
+ * OPENBLAS_CORETYPE is respected, and CMR_BLAS_CORE=keep turns this off
+ * (e.g. to reproduce results computed with the fallback kernels). */
+static void blas_pick_core(void)
+{
+    const char *keep = getenv("CMR_BLAS_CORE");
+    if (getenv("OPENBLAS_CORETYPE") || (keep && !strcmp(keep, "keep")))
+        return;
+    char *(*corename)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_corename");
+    void (*quit)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "gotoblas_dynamic_quit");
+    void (*init)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "gotoblas_dynamic_init");
+    if (!corename || !quit || !init) /* not OpenBLAS, or not its dynamic-architecture build */
+        return;
+    const char *now = corename();
+    if (!now || strcasecmp(now, "Prescott") != 0)
+        return; /* a core OpenBLAS chose knowingly */
+    __builtin_cpu_init();
+    const char *want = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? "SkylakeX"
+                       : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell"
+                                                                                       : NULL;
+    if (!want)
+        return;
+    /* Before any thread of ours exists (cmr_blas_init's contract), so the
+     * environment may be touched; it is restored for child processes. */
+    if (setenv("OPENBLAS_CORETYPE", want, 1) != 0)
+        return;
+    quit();
+    init();
+    unsetenv("OPENBLAS_CORETYPE");
+}
+
+void cmr_blas_init(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, blas_pick_core);
+}
+
+const char *cmr_blas_core(void)
+{
+    char *(*corename)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_corename");
+    const char *name = corename ? corename() : NULL;
+    return name ? name : "unknown";
+}
+
+static void blas_single_thread(void)
+{
+    cmr_blas_init();
+    openblas_set_num_threads(1);
+}
 
 void cmr_model_threads_init(void)
 {

@@ -16,8 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
+#include <cblas.h>
 #include <cmocka.h>
 #include <jansson.h>
 
@@ -537,9 +539,60 @@ static int report(void **state)
     return 0;
 }
 
+/* cmr_blas_init: where OpenBLAS fell back to its Prescott kernels on a CPU
+ * with AVX-512 (or AVX2 + FMA), the matching kernels afterwards, and
+ * products still right; anywhere else nothing changes.  First in the list:
+ * nothing in this process has used BLAS or opened a model yet. */
+static void test_blas_core(void **state)
+{
+    (void)state;
+    char before[64];
+    snprintf(before, sizeof before, "%s", cmr_blas_core());
+    const char *keep = getenv("CMR_BLAS_CORE");
+    int may_change = !getenv("OPENBLAS_CORETYPE") && !(keep && !strcmp(keep, "keep"));
+    cmr_blas_init();
+    const char *after = cmr_blas_core();
+    __builtin_cpu_init();
+    const char *expect = before;
+    if (may_change && !strcasecmp(before, "Prescott")) {
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+            expect = "SkylakeX";
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            expect = "Haswell";
+    }
+    print_message("BLAS kernels: %s before, %s after cmr_blas_init\n", before, after);
+    assert_string_equal(after, expect);
+    cmr_blas_init(); /* idempotent */
+    assert_string_equal(cmr_blas_core(), expect);
+    if (may_change)
+        assert_null(getenv("OPENBLAS_CORETYPE")); /* restored for child processes */
+
+    /* A product through the (new) kernels against a plain loop. */
+    enum { M = 37, N = 53, K = 301 };
+    float *a = malloc(M * K * sizeof *a), *b = malloc(K * N * sizeof *b), *c = malloc(M * N * sizeof *c);
+    assert_true(a && b && c);
+    uint64_t rng = 7;
+    for (int i = 0; i < M * K; i++)
+        a[i] = test_gauss(&rng);
+    for (int i = 0; i < K * N; i++)
+        b[i] = test_gauss(&rng);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double want = 0;
+            for (int k = 0; k < K; k++)
+                want += (double)a[i * K + k] * b[k * N + j];
+            assert_true(fabs(c[i * N + j] - want) < 1e-3 * (1 + fabs(want)));
+        }
+    free(a);
+    free(b);
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blas_core),
         cmocka_unit_test(test_small_video),
         cmocka_unit_test(test_small_video_fewer_frames),
         cmocka_unit_test(test_small_text),
