@@ -11,7 +11,7 @@
 #include <lmdb.h>
 
 #include "cmr_searcher.h"
-#include "test_util.h"
+#include "test_store_util.h"
 
 #ifndef CMR_SOURCE_DIR
 #error "CMR_SOURCE_DIR must be defined"
@@ -87,16 +87,6 @@ static uint64_t put(fixture *f, unsigned n, const float *image, const float *tex
     assert_int_equal(cmr_txn_put(t, &c, image, text, &id), 0);
     assert_int_equal(cmr_txn_commit(t), 0);
     return id;
-}
-
-static void assert_verify_clean(cmr_store *s)
-{
-    cmr_verify_report *r;
-    assert_int_equal(cmr_store_verify(s, &r), 0);
-    for (size_t i = 0; i < r->n_problems; i++)
-        print_error("verify: %s\n", r->problems[i]);
-    assert_int_equal(r->n_problems, 0);
-    cmr_verify_report_free(r);
 }
 
 /* ---- fusion arithmetic ----------------------------------------------------------- */
@@ -416,7 +406,7 @@ static void test_finding_filters(void **state)
         /* every tenth case predates findings */
         put(f, i, a, a, 0, fs, i % 10 ? 2 : 0, NULL);
     }
-    assert_verify_clean(f->store);
+    test_assert_verify_clean(f->store);
     cmr_case *c;
     assert_int_equal(cmr_store_get(f->store, 3, &c), 0);
     assert_int_equal(c->n_findings, 2);
@@ -474,7 +464,7 @@ static void test_finding_filters(void **state)
     for (size_t i = 0; i < h->n; i++)
         assert_true(h->hits[i].id != want[0].id);
     cmr_hits_free(h);
-    assert_verify_clean(f->store);
+    test_assert_verify_clean(f->store);
     /* bad scores are refused */
     cmr_finding_score nan_score[1] = {{"lge", NAN}}, bad_name[1] = {{"LGE!", 0.5f}};
     assert_int_equal(cmr_txn_begin(f->store, &t), 0);
@@ -579,7 +569,7 @@ static void test_model_findings_and_sentences(void **state)
     for (size_t i = 0; i < 17; i++)
         assert_float_equal(c->findings[i].score, scores[i], 1e-6);
     cmr_case_free(c);
-    assert_verify_clean(f->store);
+    test_assert_verify_clean(f->store);
 
     /* Closest sentence: the impression's sentence of highest cosine with
      * the query vector.  A query that is one of the sentences finds it (at
@@ -714,7 +704,7 @@ static void test_record_upgrade(void **state)
     assert_string_equal(c->impression, "Dilated cardiomyopathy.");
     assert_int_equal(c->n_findings, 0);
     cmr_case_free(c);
-    assert_verify_clean(f->store);
+    test_assert_verify_clean(f->store);
     /* A finding filter says the store needs rescoring. */
     cmr_finding_bound b = {"lge", 0.5f, 1};
     cmr_filter flt = {.n_finding_bounds = 1, .finding_bounds = &b};
@@ -727,7 +717,7 @@ static void test_record_upgrade(void **state)
     assert_int_equal(cmr_findings_new(m, &fd), 0);
     assert_int_equal(cmr_findings_rescore(f->store, fd, &n), 0);
     assert_int_equal(n, 4);
-    assert_verify_clean(f->store);
+    test_assert_verify_clean(f->store);
     float scores[32];
     assert_int_equal(cmr_store_get_vector(f->store, 4, CMR_SPACE_IMAGE, x), 0);
     assert_int_equal(cmr_findings_score(fd, x, scores), 0);

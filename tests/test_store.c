@@ -87,16 +87,6 @@ static void put_cases(cmr_store *s, unsigned from, unsigned to, float spread)
     assert_int_equal(cmr_txn_commit(t), 0);
 }
 
-static void assert_verify_clean(cmr_store *s)
-{
-    cmr_verify_report *r;
-    assert_int_equal(cmr_store_verify(s, &r), 0);
-    for (size_t i = 0; i < r->n_problems; i++)
-        print_error("verify: %s\n", r->problems[i]);
-    assert_int_equal(r->n_problems, 0);
-    cmr_verify_report_free(r);
-}
-
 static void test_open_missing_store(void **state)
 {
     fixture *f = *state;
@@ -194,7 +184,7 @@ static void test_round_trip_and_normalisation(void **state)
     uint64_t found;
     assert_int_equal(cmr_store_find_uid(s, uid, &found), 0);
     assert_int_equal(found, id);
-    assert_verify_clean(s);
+    test_assert_verify_clean(s);
 }
 
 static void test_bad_input_changes_nothing(void **state)
@@ -244,7 +234,7 @@ static void test_bad_input_changes_nothing(void **state)
     assert_int_equal(after.generation, before.generation);
     uint64_t id;
     assert_int_equal(cmr_store_find_uid(s, "1.2.826.0.1.501", &id), CMR_ENOTFOUND);
-    assert_verify_clean(s);
+    test_assert_verify_clean(s);
 }
 
 static void test_upsert_keeps_id_and_moves_keys(void **state)
@@ -287,7 +277,7 @@ static void test_upsert_keeps_id_and_moves_keys(void **state)
     assert_int_equal(h->hits[0].id, id); /* its own vector is the best match */
     assert_true(h->hits[0].score > 0.999f);
     cmr_hits_free(h);
-    assert_verify_clean(s);
+    test_assert_verify_clean(s);
 }
 
 /* Every hit of a filtered search passes the filter, and the set equals the
@@ -431,7 +421,7 @@ static void test_delete(void **state)
     assert_int_equal(cmr_txn_begin(s, &t), 0);
     assert_int_equal(cmr_txn_delete(t, 987654), CMR_ENOTFOUND);
     cmr_txn_abort(t);
-    assert_verify_clean(s);
+    test_assert_verify_clean(s);
 }
 
 /* A store moved to another model (of another dimension): all vectors go in
@@ -506,7 +496,7 @@ static void test_replace_model(void **state)
     cmr_case_free(c);
     float v[NEW_DIM];
     assert_int_equal(cmr_store_get_vector(s, id, CMR_SPACE_IMAGE, v), CMR_ENOTFOUND);
-    assert_verify_clean(s);
+    test_assert_verify_clean(s);
     /* The handle opened before the move would search the old model's space. */
     assert_int_equal(cmr_store_search(other, CMR_SPACE_IMAGE, q, 5, NULL, &h), CMR_EMODEL);
     assert_non_null(strstr(cmr_errmsg(), "reopen"));
@@ -518,7 +508,7 @@ static void test_replace_model(void **state)
     assert_int_equal(cmr_store_search(s, CMR_SPACE_TEXT, q2, 12, NULL, &h), 0);
     assert_int_equal(h->n, 8);
     cmr_hits_free(h);
-    assert_verify_clean(s);
+    test_assert_verify_clean(s);
 }
 
 static double recall_vs_exact(cmr_store *s, unsigned queries, size_t k)
@@ -597,7 +587,7 @@ static void test_ivf_switch_and_filters(void **state)
     assert_false(h->exact);
     assert_true(h->nprobe > cmr_index_nprobe(s, st.index[0].nlist));
     cmr_hits_free(h);
-    assert_verify_clean(s);
+    test_assert_verify_clean(s);
     assert_int_equal(cmr_store_close(s), 0);
 }
 
@@ -676,7 +666,7 @@ static void test_stale_index_caught_up_and_damaged_index_detected(void **state)
     cmr_store_close(r);
     assert_int_equal(cmr_store_open(db, 0, NULL, &f->store), 0);
     assert_int_equal(cmr_store_reindex(f->store), 0);
-    assert_verify_clean(f->store);
+    test_assert_verify_clean(f->store);
 }
 
 static void test_index_from_another_store_refused(void **state)
@@ -715,7 +705,7 @@ static void test_index_from_another_store_refused(void **state)
     assert_true(named);
     cmr_verify_report_free(rep);
     assert_int_equal(cmr_store_reindex(o), 0);
-    assert_verify_clean(o);
+    test_assert_verify_clean(o);
     cmr_store_close(o);
 }
 

@@ -13,4 +13,16 @@ static inline void test_vector(uint64_t seed, unsigned cluster, unsigned dim, fl
         out[i] = test_gauss(&cs) + spread * test_gauss(&vs);
 }
 
+/* The store verifies clean, every problem printed first.  Needs cmocka.h
+ * included before this header (every includer is a cmocka test). */
+static inline void test_assert_verify_clean(cmr_store *s)
+{
+    cmr_verify_report *r;
+    assert_int_equal(cmr_store_verify(s, &r), 0);
+    for (size_t i = 0; i < r->n_problems; i++)
+        print_error("verify: %s\n", r->problems[i]);
+    assert_int_equal(r->n_problems, 0);
+    cmr_verify_report_free(r);
+}
+
 #endif
