@@ -33,28 +33,6 @@ static const char usage[] =
     "  --access-log         one line per request on stderr (method, path, status,\n"
     "                       time, token id; never query strings)\n";
 
-static int where_parse(const char *expr, const cmr_filter **filter, void **owner)
-{
-    cmr_where *w = calloc(1, sizeof *w);
-    if (!w)
-        return cmr_fail(CMR_ENOMEM, "out of memory");
-    int rc = cmr_where_parse(expr, w);
-    if (rc) {
-        cmr_where_free(w);
-        free(w);
-        return rc;
-    }
-    *filter = &w->filter;
-    *owner = w;
-    return 0;
-}
-
-static void where_free(void *owner)
-{
-    cmr_where_free(owner);
-    free(owner);
-}
-
 /* --model, else $CMRSEARCH_MODEL, else the default model; checked against
  * the store.  NULL (no model) only when none was asked for or installed. */
 static int choose_model(cmr_cli *cli, const char *explicit_dir, cmr_store *store, const char **dir)
@@ -93,8 +71,8 @@ int cmr_cmd_serve(cmr_cli *cli, int argc, char **argv)
                                    &n_pos);
     if (rc)
         return rc < 0 ? rc : 0;
-    cmr_server_config cfg = {.listen = listen, .token_file = token_file, .where_parse = where_parse,
-                             .where_free = where_free, .access_log = access_log ? cli->err : NULL};
+    cmr_server_config cfg = {.listen = listen, .token_file = token_file, .where_parse = cmr_where_parse_owned,
+                             .where_free = cmr_where_owner_free, .access_log = access_log ? cli->err : NULL};
     uint64_t x;
     if (encoders) {
         if ((rc = cmr_cli_parse_u64("--encoders", encoders, 1, 64, &x)))

@@ -196,6 +196,11 @@ typedef struct cmr_where {
  * 70 ...") into a filter.  Errors name the column and token. */
 int cmr_where_parse(const char *expr, cmr_where *out);
 void cmr_where_free(cmr_where *w);
+/* The same in the shape of cmr_server_config's where_parse/where_free
+ * callbacks: *filter points into *owner, an allocated cmr_where released
+ * with cmr_where_owner_free (NULL is harmless). */
+int cmr_where_parse_owned(const char *expr, const cmr_filter **filter, void **owner);
+void cmr_where_owner_free(void *owner);
 
 /* ---- JSON and text rendering ------------------------------------------------- */
 

@@ -582,3 +582,27 @@ void cmr_where_free(cmr_where *w)
     free(w->bounds);
     memset(w, 0, sizeof *w);
 }
+
+int cmr_where_parse_owned(const char *expr, const cmr_filter **filter, void **owner)
+{
+    cmr_where *w = calloc(1, sizeof *w);
+    if (!w)
+        return cmr_fail(CMR_ENOMEM, "out of memory");
+    int rc = cmr_where_parse(expr, w);
+    if (rc) {
+        cmr_where_free(w);
+        free(w);
+        return rc;
+    }
+    *filter = &w->filter;
+    *owner = w;
+    return 0;
+}
+
+void cmr_where_owner_free(void *owner)
+{
+    if (!owner)
+        return;
+    cmr_where_free(owner);
+    free(owner);
+}

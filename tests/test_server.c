@@ -95,9 +95,6 @@ static const char *const synth_impressions[] = {
 };
 static const char *const synth_dx[] = {"Z00.0", "I42.1", "I42.0", "I25.2", "E85.4", "I40.9", "I42.2", "I42.8"};
 
-static int test_where_parse(const char *expr, const cmr_filter **filter, void **owner);
-static void test_where_free(void *owner);
-
 static int setup(void **state)
 {
     (void)state;
@@ -163,8 +160,8 @@ static int setup(void **state)
     cmr_server_config cfg = {.listen = "127.0.0.1:0", .model_dir = CMR_MODEL_DIR, .rate = -1,
                              .max_body = (size_t)64 << 20};
     /* The cli's parser, as `cmrsearch serve` passes it. */
-    cfg.where_parse = test_where_parse;
-    cfg.where_free = test_where_free;
+    cfg.where_parse = cmr_where_parse_owned;
+    cfg.where_free = cmr_where_owner_free;
     OK(cmr_server_start(g_store, &cfg, &g_srv));
     assert_true(cmr_server_port(g_srv) > 0);
 
@@ -178,26 +175,6 @@ static int setup(void **state)
                                 .max_body = 65536};
     OK(cmr_server_start(g_store, &strict, &g_strict));
     return 0;
-}
-
-static int test_where_parse(const char *expr, const cmr_filter **filter, void **owner)
-{
-    cmr_where *w = calloc(1, sizeof *w);
-    int rc = cmr_where_parse(expr, w);
-    if (rc) {
-        cmr_where_free(w);
-        free(w);
-        return rc;
-    }
-    *filter = &w->filter;
-    *owner = w;
-    return 0;
-}
-
-static void test_where_free(void *owner)
-{
-    cmr_where_free(owner);
-    free(owner);
 }
 
 static int teardown(void **state)
