@@ -8,52 +8,27 @@
 
 #include <zlib.h>
 
+#include "cmr_bytebuf.h"
 #include "server_internal.h"
 
-typedef struct buf {
-    uint8_t *p;
-    size_t len, cap;
-    int failed;
-} buf;
-
-static void put(buf *b, const void *data, size_t n)
-{
-    if (b->failed || !n)
-        return;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n)
-            cap *= 2;
-        uint8_t *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, data, n);
-    b->len += n;
-}
-
-static void put_u32(buf *b, uint32_t v)
+static void put_u32(cmr_bytebuf *b, uint32_t v)
 {
     uint8_t x[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
-    put(b, x, 4);
+    cmr_bytebuf_put(b, x, 4);
 }
 
-static void put_u16(buf *b, uint16_t v)
+static void put_u16(cmr_bytebuf *b, uint16_t v)
 {
     uint8_t x[2] = {(uint8_t)(v >> 8), (uint8_t)v};
-    put(b, x, 2);
+    cmr_bytebuf_put(b, x, 2);
 }
 
 /* A chunk: length, type, data, CRC over type and data. */
-static void chunk(buf *b, const char type[4], const uint8_t *data, size_t n)
+static void chunk(cmr_bytebuf *b, const char type[4], const uint8_t *data, size_t n)
 {
     put_u32(b, (uint32_t)n);
-    put(b, type, 4);
-    put(b, data, n);
+    cmr_bytebuf_put(b, type, 4);
+    cmr_bytebuf_put(b, data, n);
     uLong crc = crc32(0L, (const Bytef *)type, 4);
     if (n)
         crc = crc32(crc, data, (uInt)n);
@@ -99,10 +74,10 @@ int cmr_png_grey(const uint8_t *pix, unsigned w, unsigned h, unsigned n_frames, 
     if (!pix || !w || !h || !n_frames || w > 16384 || h > 16384 || n_frames > 1024)
         return cmr_fail(CMR_EINVAL, "PNG: bad image size %ux%u x %u frames", w, h, n_frames);
     static const uint8_t signature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    buf b = {0};
-    put(&b, signature, sizeof signature);
+    cmr_bytebuf b = {0};
+    cmr_bytebuf_put(&b, signature, sizeof signature);
     uint8_t ihdr[13];
-    buf hb = {.p = ihdr, .cap = sizeof ihdr};
+    cmr_bytebuf hb = {.p = ihdr, .cap = sizeof ihdr};
     put_u32(&hb, w);
     put_u32(&hb, h);
     ihdr[8] = 8;  /* bit depth */
@@ -111,7 +86,7 @@ int cmr_png_grey(const uint8_t *pix, unsigned w, unsigned h, unsigned n_frames, 
     chunk(&b, "IHDR", ihdr, sizeof ihdr);
     if (n_frames > 1) {
         uint8_t actl[8];
-        buf ab = {.p = actl, .cap = sizeof actl};
+        cmr_bytebuf ab = {.p = actl, .cap = sizeof actl};
         put_u32(&ab, n_frames);
         put_u32(&ab, 0); /* loop forever */
         chunk(&b, "acTL", actl, sizeof actl);
@@ -125,7 +100,7 @@ int cmr_png_grey(const uint8_t *pix, unsigned w, unsigned h, unsigned n_frames, 
             break;
         if (n_frames > 1) {
             uint8_t fctl[26];
-            buf fb = {.p = fctl, .cap = sizeof fctl};
+            cmr_bytebuf fb = {.p = fctl, .cap = sizeof fctl};
             put_u32(&fb, seq++);
             put_u32(&fb, w);
             put_u32(&fb, h);
@@ -144,7 +119,7 @@ int cmr_png_grey(const uint8_t *pix, unsigned w, unsigned h, unsigned n_frames, 
             if (!fd) {
                 rc = CMR_ENOMEM;
             } else {
-                buf sb = {.p = fd, .cap = 4};
+                cmr_bytebuf sb = {.p = fd, .cap = 4};
                 put_u32(&sb, seq++);
                 memcpy(fd + 4, z, zlen);
                 chunk(&b, "fdAT", fd, zlen + 4);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmr_bytebuf.h"
 #include "store_internal.h"
 
 /* Version 2 added finding scores (tag 20).  Version 1 records read as
@@ -185,33 +186,7 @@ void cmr_case_facet(const cmr_case *c, cmr_facet *f)
 
 /* ---- encoding ------------------------------------------------------------- */
 
-typedef struct buf {
-    uint8_t *p;
-    size_t len, cap;
-    int failed;
-} buf;
-
-static void buf_put(buf *b, const void *data, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n)
-            cap *= 2;
-        uint8_t *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, data, n);
-    b->len += n;
-}
-
-static void put_varint(buf *b, uint64_t v)
+static void put_varint(cmr_bytebuf *b, uint64_t v)
 {
     uint8_t tmp[10];
     size_t n = 0;
@@ -219,24 +194,24 @@ static void put_varint(buf *b, uint64_t v)
         tmp[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
         v >>= 7;
     } while (v);
-    buf_put(b, tmp, n);
+    cmr_bytebuf_put(b, tmp, n);
 }
 
-static void put_field(buf *b, unsigned tag, const void *data, size_t n)
+static void put_field(cmr_bytebuf *b, unsigned tag, const void *data, size_t n)
 {
     uint8_t t = (uint8_t)tag;
-    buf_put(b, &t, 1);
+    cmr_bytebuf_put(b, &t, 1);
     put_varint(b, n);
-    buf_put(b, data, n);
+    cmr_bytebuf_put(b, data, n);
 }
 
-static void put_str(buf *b, unsigned tag, const char *s)
+static void put_str(cmr_bytebuf *b, unsigned tag, const char *s)
 {
     if (s)
         put_field(b, tag, s, strlen(s));
 }
 
-static void put_le(buf *b, unsigned tag, uint64_t v, size_t bytes)
+static void put_le(cmr_bytebuf *b, unsigned tag, uint64_t v, size_t bytes)
 {
     uint8_t tmp[8];
     for (size_t i = 0; i < bytes; i++)
@@ -246,9 +221,9 @@ static void put_le(buf *b, unsigned tag, uint64_t v, size_t bytes)
 
 int cmr_record_encode(const cmr_case *c, uint8_t **out, size_t *len)
 {
-    buf b = {0};
+    cmr_bytebuf b = {0};
     uint8_t version = RECORD_VERSION;
-    buf_put(&b, &version, 1);
+    cmr_bytebuf_put(&b, &version, 1);
     put_str(&b, TAG_STUDY_UID, c->study_uid);
     if (c->has_patient_key)
         put_field(&b, TAG_PATIENT_KEY, c->patient_key, CMR_PATIENT_KEY_BYTES);
@@ -264,13 +239,13 @@ int cmr_record_encode(const cmr_case *c, uint8_t **out, size_t *len)
     put_le(&b, TAG_VIEWS, c->views, 4);
     for (size_t i = 0; i < c->n_diagnoses; i++) {
         const cmr_diagnosis *d = &c->diagnoses[i];
-        buf nested = {0};
+        cmr_bytebuf nested = {0};
         const char *parts[4] = {d->code, d->system, d->label, d->source};
         for (int j = 0; j < 4; j++) {
             size_t n = parts[j] ? strlen(parts[j]) : 0;
             put_varint(&nested, n);
             if (n)
-                buf_put(&nested, parts[j], n);
+                cmr_bytebuf_put(&nested, parts[j], n);
         }
         if (nested.failed)
             b.failed = 1;
