@@ -31,6 +31,12 @@ static const char usage[] =
     "  --init DIR          fine-tune this compact model instead of starting afresh\n"
     "                      (learning rate default 2e-4 instead of 2e-3)\n"
     "  --frames N          a new model's input frames, a multiple of 4 (default 16)\n"
+    "  --lge-frames N      recipe \"cine+lge\": the last N frames show the late\n"
+    "                      enhancement views, sampled apart from the cines (default\n"
+    "                      0: the CMR-CLIP recipe, one sequence; docs/model-input.md)\n"
+    "  --resize N          a new model's frames are resized to N x N before the\n"
+    "                      centre crop of 64 (default 96: two thirds of the field\n"
+    "                      of view; larger crops closer around the heart)\n"
     "  --epochs N          at most N epochs (default 30)\n"
     "  --batch N           pairs per step (default 32)\n"
     "  --lr X              peak learning rate (warm-up 1 epoch, cosine decay)\n"
@@ -108,6 +114,7 @@ static int gather(cmr_cli *cli, cmr_store *store, const cmr_model_input *model_i
     if ((rc = cmr_cli_spec_from(model_in, "being trained", &spec)))
         goto done;
     spec.frames = model_in->frames * CMR_TRAIN_CANDIDATES;
+    spec.lge_frames = model_in->lge_frames * CMR_TRAIN_CANDIDATES;
     spec.size = model_in->size + CMR_TRAIN_MARGIN;
     spec.channels = 1;
     for (int c = 0; c < 3; c++) {
@@ -213,12 +220,13 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *out_dir = NULL, *init = NULL, *epochs = NULL, *batch = NULL, *lr = NULL, *wd = NULL,
                *temp = NULL, *valf = NULL, *patience = NULL, *seed = NULL, *name = NULL, *checkpoint = NULL,
-               *threads_text = NULL, *frames = NULL;
+               *threads_text = NULL, *frames = NULL, *lge_frames = NULL, *resize = NULL;
     int learn_temp = 0, cont = 0;
     const char *model_path = NULL;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},           {"out", 0, &out_dir, NULL},        {"init", 0, &init, NULL},
-        {"frames", 0, &frames, NULL},   {"epochs", 0, &epochs, NULL},   {"batch", 0, &batch, NULL},        {"lr", 0, &lr, NULL},
+        {"frames", 0, &frames, NULL},   {"lge-frames", 0, &lge_frames, NULL}, {"resize", 0, &resize, NULL},
+        {"epochs", 0, &epochs, NULL},   {"batch", 0, &batch, NULL},        {"lr", 0, &lr, NULL},
         {"weight-decay", 0, &wd, NULL}, {"temperature", 0, &temp, NULL},   {"val-fraction", 0, &valf, NULL},
         {"patience", 0, &patience, NULL}, {"seed", 0, &seed, NULL},        {"name", 0, &name, NULL},
         {"checkpoint", 0, &checkpoint, NULL}, {"threads", 0, &threads_text, NULL},
@@ -267,10 +275,15 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
     uint64_t v;
     if (name)
         o.name = name;
-    if (frames && init)
-        return cmr_fail(CMR_EINVAL, "--frames applies to a new model; a fine-tuned one keeps --init's input");
+    if ((frames || lge_frames || resize) && init)
+        return cmr_fail(CMR_EINVAL, "--%s applies to a new model; a fine-tuned one keeps --init's input",
+                        frames ? "frames" : lge_frames ? "lge-frames" : "resize");
     if (frames && !(rc = cmr_cli_parse_u64("--frames", frames, 4, 256, &v)))
         o.frames = (unsigned)v;
+    if (!rc && lge_frames && !(rc = cmr_cli_parse_u64("--lge-frames", lge_frames, 0, 255, &v)))
+        o.lge_frames = (unsigned)v;
+    if (!rc && resize && !(rc = cmr_cli_parse_u64("--resize", resize, 1, 4096, &v)))
+        o.resize = (unsigned)v;
     if (!rc && epochs && !(rc = cmr_cli_parse_u64("--epochs", epochs, 1, 10000, &v)))
         o.epochs = (unsigned)v;
     if (!rc && batch && !(rc = cmr_cli_parse_u64("--batch", batch, 2, 4096, &v)))

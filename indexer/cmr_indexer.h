@@ -162,6 +162,11 @@ typedef enum cmr_input_recipe {
      * cine (30 frames) + every LGE SAX slice + each single LGE LAX view
      * repeated n_SAX times, sampled to `frames` segment midpoints. */
     CMR_RECIPE_CMRCLIP = 1,
+    /* Ours (docs/model-input.md): the same views in two parts sampled
+     * separately, so that late enhancement keeps a share of its own: the
+     * two cines (2 x cine_frames) to frames - lge_frames, then every LGE SAX
+     * slice and each LGE LAX view once to lge_frames. */
+    CMR_RECIPE_CINE_LGE = 2,
 } cmr_input_recipe;
 
 typedef struct cmr_input_spec {
@@ -171,6 +176,7 @@ typedef struct cmr_input_spec {
     unsigned resize;          /* intermediate square resize before centre crop (256) */
     unsigned channels;        /* 3: grey repeated */
     unsigned cine_frames;     /* frames each cine is resampled to first (30) */
+    unsigned lge_frames;      /* CMR_RECIPE_CINE_LGE: the last frames, for LGE (1 .. frames-1) */
     float mean[3], std[3];    /* normalisation after scaling to [0,1] */
 } cmr_input_spec;
 

@@ -64,6 +64,10 @@ void cmr_window_free(cmr_window *w);
 /* Frozen-in-Time's test-time 'uniform' sampling of `frames` indices from a
  * video of n frames: min(n, frames) indices written to idx, returned. */
 size_t cmr_sample_segments(size_t n, unsigned frames, size_t *idx);
+/* One part of CMR_RECIPE_CINE_LGE: the segment sampling when n >= frames,
+ * else frame j shows source floor(j * n / frames).  frames indices (0 when
+ * n is 0) written to idx, returned. */
+size_t cmr_sample_part(size_t n, unsigned frames, size_t *idx);
 /* The phase shown at cine frame i of c when the slice has p phases: floor(i*p/c). */
 unsigned cmr_cine_phase(unsigned i, unsigned p, unsigned c);
 
@@ -104,6 +108,10 @@ typedef struct cmr_tensor_source {
     const cmr_src_group *groups;
     size_t n_frames; /* the source video, before sampling to spec->frames */
     const cmr_src_frame *frames;
+    /* The recipe's choice of source frames, n_sampled <= spec->frames; NULL:
+     * cmr_sample_segments(n_frames, spec->frames). */
+    const size_t *sampled;
+    size_t n_sampled;
 } cmr_tensor_source;
 
 int cmr_spec_check(const cmr_input_spec *spec);

@@ -107,8 +107,11 @@ int cmr_spec_check(const cmr_input_spec *spec)
 {
     if (!spec)
         return cmr_fail(CMR_EINVAL, "no input spec");
-    if (spec->recipe != CMR_RECIPE_CMRCLIP)
+    if (spec->recipe != CMR_RECIPE_CMRCLIP && spec->recipe != CMR_RECIPE_CINE_LGE)
         return cmr_fail(CMR_EUNSUPPORTED, "input spec: recipe %d is not known", (int)spec->recipe);
+    if (spec->recipe == CMR_RECIPE_CINE_LGE && (spec->lge_frames < 1 || spec->lge_frames >= spec->frames))
+        return cmr_fail(CMR_EINVAL, "input spec: %u LGE frames of %u (at least one, and one cine frame left)",
+                        spec->lge_frames, spec->frames);
     if (spec->frames < 1 || spec->frames > MAX_FRAMES || spec->size < 1 || spec->size > MAX_SIZE || spec->resize < 1 ||
         spec->resize > MAX_SIZE || spec->cine_frames < 1 || spec->cine_frames > MAX_FRAMES)
         return cmr_fail(CMR_EINVAL, "input spec: frames %u, size %u, resize %u, cine frames %u out of range", spec->frames,
@@ -144,6 +147,17 @@ size_t cmr_sample_segments(size_t n, unsigned frames, size_t *idx)
         prev = next;
     }
     return k;
+}
+
+size_t cmr_sample_part(size_t n, unsigned frames, size_t *idx)
+{
+    if (n >= frames)
+        return cmr_sample_segments(n, frames, idx);
+    /* Fewer source frames than output frames: each shown in turn, as a cine
+     * is resampled over its cycle, so that the part keeps its positions. */
+    for (unsigned j = 0; n && j < frames; j++)
+        idx[j] = (size_t)((unsigned long long)j * n / frames);
+    return n ? frames : 0;
 }
 
 unsigned cmr_cine_phase(unsigned i, unsigned p, unsigned c)
@@ -489,7 +503,23 @@ int cmr_tensor_from_source(const cmr_tensor_source *src, const cmr_input_spec *s
     }
     if (windows)
         memset(windows, 0, src->n_groups * sizeof *windows);
-    size_t n_used = cmr_sample_segments(src->n_frames, F, idx);
+    size_t n_used;
+    if (src->sampled) {
+        if (src->n_sampled > F) {
+            rc = cmr_fail(CMR_EINVAL, "%zu sampled frames for a tensor of %u", src->n_sampled, F);
+            goto done;
+        }
+        for (size_t j = 0; j < src->n_sampled; j++)
+            if (src->sampled[j] >= src->n_frames) {
+                rc = cmr_fail(CMR_EINVAL, "sampled frame %zu: source frame %zu of %zu", j, src->sampled[j],
+                              src->n_frames);
+                goto done;
+            }
+        n_used = src->n_sampled;
+        memcpy(idx, src->sampled, n_used * sizeof *idx);
+    } else {
+        n_used = cmr_sample_segments(src->n_frames, F, idx);
+    }
 
     size_t max_images = 0, max_pixels = 0;
     for (size_t g = 0; g < src->n_groups; g++) {

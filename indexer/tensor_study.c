@@ -288,6 +288,7 @@ typedef struct build {
     view_stack vs[CMR_SLOT_COUNT];
     int lax_choice;          /* index in cine_lax_label, -1 none */
     size_t n_sax, L;         /* LGE SAX slices (or the stand-in), source frames */
+    size_t lax_repeat;       /* times each LGE LAX view stands in the source */
     src_entry *seq;          /* the source video */
     size_t *idx, n_out;      /* the sampled source frames */
     used_image *used;        /* distinct images shown */
@@ -346,13 +347,15 @@ static int choose_views(build *b, const cmr_study *study)
     return 0;
 }
 
-/* cine LAX (C), cine SAX (C), LGE SAX (n), LGE 4ch, 2ch, 3ch (n each); then the sampling. */
+/* cine LAX (C), cine SAX (C), LGE SAX (n), LGE 4ch, 2ch, 3ch (n each for
+ * CMR-CLIP, once for CINE_LGE); then the recipe's sampling. */
 static int build_video(build *b, const cmr_input_spec *spec)
 {
     const unsigned C = spec->cine_frames;
     const view_stack *vs = b->vs;
     b->n_sax = vs[CMR_SLOT_LGE_SAX].series ? vs[CMR_SLOT_LGE_SAX].n_slices : DEFAULT_LGE_SLICES;
-    b->L = 2 * (size_t)C + 4 * b->n_sax;
+    b->lax_repeat = spec->recipe == CMR_RECIPE_CMRCLIP ? b->n_sax : 1;
+    b->L = 2 * (size_t)C + b->n_sax + 3 * b->lax_repeat;
     b->seq = calloc(b->L, sizeof *b->seq);
     b->idx = malloc(spec->frames * sizeof *b->idx);
     if (!b->seq || !b->idx)
@@ -370,10 +373,19 @@ static int build_video(build *b, const cmr_input_spec *spec)
     for (int slot = CMR_SLOT_LGE_4CH; slot <= CMR_SLOT_LGE_3CH; slot++) {
         const view_stack *v = &vs[slot];
         const cmr_image *im = v->series ? first_acquired(&v->slices[v->n_slices / 2]) : NULL;
-        for (size_t k = 0; k < b->n_sax; k++, pos++)
+        for (size_t k = 0; k < b->lax_repeat; k++, pos++)
             b->seq[pos] = (src_entry){slot, im};
     }
-    b->n_out = cmr_sample_segments(b->L, spec->frames, b->idx);
+    if (spec->recipe == CMR_RECIPE_CMRCLIP) {
+        b->n_out = cmr_sample_segments(b->L, spec->frames, b->idx);
+        return 0;
+    }
+    const size_t cine = 2 * (size_t)C;
+    size_t n_cine = cmr_sample_part(cine, spec->frames - spec->lge_frames, b->idx);
+    size_t n_lge = cmr_sample_part(b->L - cine, spec->lge_frames, b->idx + n_cine);
+    for (size_t j = n_cine; j < n_cine + n_lge; j++)
+        b->idx[j] += cine;
+    b->n_out = n_cine + n_lge;
     return 0;
 }
 
@@ -482,7 +494,9 @@ static void describe(const build *b, const cmr_input_spec *spec, cmr_tensor_info
     const size_t gcap = sizeof info->gaps;
     for (int slot = 0; slot < CMR_SLOT_COUNT; slot++) {
         const view_stack *v = &b->vs[slot];
-        size_t span = slot <= CMR_SLOT_CINE_SAX ? spec->cine_frames : b->n_sax;
+        size_t span = slot <= CMR_SLOT_CINE_SAX ? spec->cine_frames
+                      : slot == CMR_SLOT_LGE_SAX  ? b->n_sax
+                                                  : b->lax_repeat;
         if (!v->series) {
             switch (slot) {
             case CMR_SLOT_CINE_LAX:
@@ -495,11 +509,15 @@ static void describe(const build *b, const cmr_input_spec *spec, cmr_tensor_info
                 break;
             case CMR_SLOT_LGE_SAX:
                 info->views_missing |= CMR_VIEW_LGE_SAX;
-                gap(g, gcap, "no LGE SAX: %d black frames, n_SAX taken as %d", DEFAULT_LGE_SLICES, DEFAULT_LGE_SLICES);
+                if (spec->recipe == CMR_RECIPE_CMRCLIP)
+                    gap(g, gcap, "no LGE SAX: %d black frames, n_SAX taken as %d", DEFAULT_LGE_SLICES,
+                        DEFAULT_LGE_SLICES);
+                else
+                    gap(g, gcap, "no LGE SAX: %d black frames", DEFAULT_LGE_SLICES);
                 break;
             default:
                 info->views_missing |= cmr_series_label_view(lge_lax_label[slot - CMR_SLOT_LGE_4CH]);
-                gap(g, gcap, "no %s: %zu black frames", slot_name[slot], span);
+                gap(g, gcap, "no %s: %zu black frame%s", slot_name[slot], span, span == 1 ? "" : "s");
                 break;
             }
             continue;
@@ -580,7 +598,7 @@ static int study_tensor(const cmr_study *study, const cmr_input_spec *spec, cmr_
                       spec->size, spec->size);
         goto done;
     }
-    cmr_tensor_source src = {CMR_SLOT_COUNT, b.groups, b.L, b.frames};
+    cmr_tensor_source src = {CMR_SLOT_COUNT, b.groups, b.L, b.frames, b.idx, b.n_out};
     if ((rc = cmr_tensor_from_source(&src, spec, out, windows))) {
         cmr_fail_context(rc, "study %s: ", b.uid);
         goto done;

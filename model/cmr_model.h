@@ -41,6 +41,9 @@ typedef struct cmr_model_input {
      * 0: the recipe's proportion (CMR-CLIP: 256 for 224, the crop keeping 7/8
      * of the field of view).  Larger crops closer around the heart. */
     unsigned resize;
+    /* "cine+lge": the last lge_frames frames are the LGE views', sampled
+     * apart from the cines (docs/model-input.md); 0 for "cmrclip". */
+    unsigned lge_frames;
     float mean[3], std[3];
 } cmr_model_input;
 
@@ -108,6 +111,10 @@ typedef struct cmr_train_options {
     const char *name;             /* the model's name ("cmrsearch-compact") */
     const char *init;             /* a compact model directory to fine-tune; NULL: from scratch */
     unsigned frames;              /* a new model's input frames (multiple of 4); 0: the default (16) */
+    unsigned lge_frames;          /* a new model's LGE share (recipe "cine+lge"); 0: the CMR-CLIP
+                                     recipe (the default) */
+    unsigned resize;              /* a new model's input.resize (>= size); 0: the default (1.5 size,
+                                     the crop keeping two thirds of the field of view) */
     unsigned epochs;              /* maximum (default 30) */
     unsigned batch;               /* pairs per step (default 32) */
     float lr;                     /* peak learning rate (default 2e-3; 2e-4 when fine-tuning) */

@@ -52,6 +52,17 @@ int cmr_model_parse_input(const char *path, json_t *o, unsigned frames, unsigned
         return cmr_fail(CMR_EFORMAT, "%s: input.resize must be an integer from size (%u) to 8 times it", path, size);
     if (resize)
         in->resize = (unsigned)json_integer_value(resize);
+    in->lge_frames = 0;
+    json_t *lge = json_object_get(o, "lge_frames");
+    if (!strcmp(in->recipe, "cine+lge")) {
+        if (!json_is_integer(lge) || json_integer_value(lge) < 1 || json_integer_value(lge) >= (json_int_t)frames)
+            return cmr_fail(CMR_EFORMAT, "%s: recipe \"cine+lge\" needs input.lge_frames, an integer from 1 to %u", path,
+                            frames - 1);
+        in->lge_frames = (unsigned)json_integer_value(lge);
+    } else if (lge) {
+        return cmr_fail(CMR_EFORMAT, "%s: input.lge_frames belongs to recipe \"cine+lge\", not \"%s\"", path,
+                        in->recipe);
+    }
     memcpy(in->mean, imagenet_mean, sizeof in->mean);
     memcpy(in->std, imagenet_std, sizeof in->std);
     /* A model trained on other statistics says so; CMR-CLIP uses ImageNet's. */

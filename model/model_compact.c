@@ -187,6 +187,8 @@ int cmr_compact_save(const char *dir, const char *name, const cmr_compact_config
         json_object_set_new(json_object_get(doc, "text"), "lexicon", json_string("cmr-v1"));
     if (input->resize)
         json_object_set_new(json_object_get(doc, "input"), "resize", json_integer(input->resize));
+    if (input->lge_frames)
+        json_object_set_new(json_object_get(doc, "input"), "lge_frames", json_integer(input->lge_frames));
     if (training)
         json_object_set(doc, "training", training);
     snprintf(path, sizeof path, "%s/model.json", dir);

@@ -112,7 +112,8 @@ void cmr_results_free(cmr_results *r)
 
 int cmr_searcher_spec_from(const cmr_model_input *in, const char *model_name, cmr_input_spec *spec)
 {
-    if (strcmp(in->recipe, "cmrclip") != 0)
+    int lge = !strcmp(in->recipe, "cine+lge");
+    if (strcmp(in->recipe, "cmrclip") != 0 && !lge)
         return cmr_fail(CMR_EUNSUPPORTED, "model %s wants input recipe \"%s\", which this build cannot make",
                         model_name, in->recipe);
     /* The published recipe, scaled to the model's frame size: resize 256 →
@@ -122,6 +123,10 @@ int cmr_searcher_spec_from(const cmr_model_input *in, const char *model_name, cm
     spec->size = in->size;
     spec->resize = in->resize ? in->resize : (in->size * 256 + 112) / 224;
     spec->channels = in->channels;
+    if (lge) {
+        spec->recipe = CMR_RECIPE_CINE_LGE;
+        spec->lge_frames = in->lge_frames;
+    }
     memcpy(spec->mean, in->mean, sizeof spec->mean);
     memcpy(spec->std, in->std, sizeof spec->std);
     return 0;

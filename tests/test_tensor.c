@@ -125,6 +125,13 @@ static void spec_from(json_t *j, cmr_input_spec *s)
     s->resize = (unsigned)json_integer_value(json_object_get(j, "resize"));
     s->channels = (unsigned)json_integer_value(json_object_get(j, "channels"));
     s->cine_frames = (unsigned)json_integer_value(json_object_get(j, "cine_frames"));
+    const char *recipe = json_string_value(json_object_get(j, "recipe"));
+    if (recipe && !strcmp(recipe, "cine+lge")) {
+        s->recipe = CMR_RECIPE_CINE_LGE;
+        s->lge_frames = (unsigned)json_integer_value(json_object_get(j, "lge_frames"));
+    } else if (recipe && strcmp(recipe, "cmrclip")) {
+        fail_msg("fixture spec: unknown recipe %s", recipe);
+    }
     for (int c = 0; c < 3; c++) {
         s->mean[c] = (float)json_real_value(json_array_get(json_object_get(j, "mean"), c));
         s->std[c] = (float)json_real_value(json_array_get(json_object_get(j, "std"), c));
@@ -203,13 +210,17 @@ static void test_sampling(void **state)
     json_array_foreach(cases, i, c) {
         size_t n = (size_t)json_integer_value(json_object_get(c, "n"));
         unsigned frames = (unsigned)json_integer_value(json_object_get(c, "frames"));
-        json_t *want = json_object_get(c, "idx");
-        size_t k = cmr_sample_segments(n, frames, idx);
-        assert_int_equal(k, json_array_size(want));
-        for (size_t j = 0; j < k; j++)
-            if (idx[j] != (size_t)json_integer_value(json_array_get(want, j)))
-                fail_msg("n %zu frames %u: index %zu is %zu, numpy %lld", n, frames, j, idx[j],
-                         (long long)json_integer_value(json_array_get(want, j)));
+        /* The CMR-CLIP sampling, and one part of the cine+lge recipe. */
+        for (int part = 0; part < 2; part++) {
+            json_t *want = json_object_get(c, part ? "part" : "idx");
+            assert_non_null(want);
+            size_t k = part ? cmr_sample_part(n, frames, idx) : cmr_sample_segments(n, frames, idx);
+            assert_int_equal(k, json_array_size(want));
+            for (size_t j = 0; j < k; j++)
+                if (idx[j] != (size_t)json_integer_value(json_array_get(want, j)))
+                    fail_msg("%s n %zu frames %u: index %zu is %zu, numpy %lld", part ? "part" : "segments", n,
+                             frames, j, idx[j], (long long)json_integer_value(json_array_get(want, j)));
+        }
     }
     /* cine phases: floor(i * P / C) */
     assert_int_equal(cmr_cine_phase(29, 20, 30), 19);
@@ -383,7 +394,7 @@ static void test_source(void **state)
             frames[i].group = (int)json_integer_value(json_array_get(f, 0));
             frames[i].image = (int)json_integer_value(json_array_get(f, 1));
         }
-        cmr_tensor_source src = {ng, groups, nf, frames};
+        cmr_tensor_source src = {ng, groups, nf, frames, NULL, 0};
         float *t = malloc(cmr_tensor_values(&spec) * sizeof *t);
         float(*win)[2] = calloc(ng, sizeof *win);
         assert_non_null(t);
@@ -630,7 +641,11 @@ static void test_study_synthetic(void **state)
         cmr_input_spec spec;
         spec_from(json_object_get(c, "spec"), &spec);
         fake_study fs;
-        fake_build(&fs, json_object_get(json_object_get(c, "study"), "series"));
+        /* A study already described by an earlier case is named by its index. */
+        json_t *study = json_object_get(c, "study"), *same = json_object_get(study, "same_as");
+        if (same)
+            study = json_object_get(json_array_get(cases, (size_t)json_integer_value(same)), "study");
+        fake_build(&fs, json_object_get(study, "series"));
         float *t = NULL;
         cmr_tensor_info info;
         cmr_tensor_trace tr;
@@ -673,6 +688,22 @@ static void test_study_rules(void **state)
     assert_non_null(strstr(info.gaps, "cine LAX from the 2-chamber view"));
     assert_non_null(strstr(info.gaps, "no LGE 3-chamber: 11 black frames"));
     assert_int_equal(info.views_missing, CMR_VIEW_LGE_3CH);
+    /* The cine+lge recipe shows each LGE long-axis view once. */
+    {
+        cmr_input_spec lge = spec;
+        lge.recipe = CMR_RECIPE_CINE_LGE;
+        lge.frames = 16;
+        lge.lge_frames = 8;
+        float *t3 = NULL;
+        cmr_tensor_info info3;
+        assert_int_equal(cmr_study_tensor_with(&fs.study, &lge, fake_reader, &fs, &t3, &info3, NULL), 0);
+        assert_non_null(strstr(info3.gaps, "no LGE 3-chamber: 1 black frame"));
+        assert_int_equal(info3.source_frames, 2 * 30 + 11 + 3);
+        free(t3);
+        lge.lge_frames = 16; /* no cine frame left */
+        assert_int_equal(cmr_study_tensor_with(&fs.study, &lge, fake_reader, &fs, &t3, &info3, NULL), CMR_EINVAL);
+        assert_null(t3);
+    }
     /* Only the images the sampling keeps are decoded: one read per file shown. */
     int reads = fs.reads;
     assert_true(reads > 0 && reads < 64);

@@ -67,6 +67,39 @@ mv "$tmp/archive.moved" "$tmp/archive"
     --val-fraction 0 --seed 7 --json >"$tmp/f.json"
 "$cmrsearch" verify --db "$tmp/db2" >/dev/null
 "$cmrsearch" search --db "$tmp/db2" --model "$tmp/f" --text "dcm" -k 1 --json >"$tmp/s3.json"
+# The input recipes: --lge-frames picks "cine+lge" (its share in model.json),
+# 0 the CMR-CLIP recipe; a share that leaves no cine frame is refused, and a
+# model.json that names the recipe without its share does not load.
+train --out "$tmp/g" --lge-frames 8 --resize 80 >/dev/null
+train --out "$tmp/h" --lge-frames 0 >/dev/null
+"$cmrsearch" init --db "$tmp/db3" >/dev/null
+"$cmrsearch" index --db "$tmp/db3" --model "$tmp/g" "$tmp/archive" --json >"$tmp/g-index.json"
+"$cmrsearch" search --db "$tmp/db3" --model "$tmp/g" --text "no late gadolinium enhancement" -k 3 --json >"$tmp/g-s.json"
+if train --out "$tmp/i" --lge-frames 16 2>"$tmp/err" >/dev/null; then
+    echo "--lge-frames 16 of 16 was accepted" >&2; exit 1
+fi
+grep -q "at least one must stay for the cines" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+"$python" - "$tmp/g/model.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+del m["input"]["lge_frames"]
+json.dump(m, open(sys.argv[1], "w"))
+PY
+if "$cmrsearch" search --db "$tmp/db3" --model "$tmp/g" --text "dcm" -k 1 2>"$tmp/err" >/dev/null; then
+    echo "a cine+lge model without lge_frames was loaded" >&2; exit 1
+fi
+grep -q 'recipe "cine+lge" needs input.lge_frames' "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+"$python" - "$tmp" <<'PY'
+import json, sys
+d = sys.argv[1]
+g, h = json.load(open(d + "/g/model.json")), json.load(open(d + "/h/model.json"))
+assert g["input"]["recipe"] == "cine+lge" and g["input"]["resize"] == 80, g["input"]
+assert h["input"]["recipe"] == "cmrclip" and "lge_frames" not in h["input"], h["input"]
+gi = json.load(open(d + "/g-index.json"))
+assert gi["studies"]["new"] == 16 and gi["studies"]["without_vectors"] == 0, gi
+assert len(json.load(open(d + "/g-s.json"))["results"]) == 3
+print("train_e2e: cine+lge and cmrclip recipes, ok")
+PY
 "$python" - "$tmp" <<'PY'
 import json, sys
 d = sys.argv[1]

@@ -75,9 +75,10 @@ def write_grey(name, greys):
     return name
 
 
-def spec_of(frames, size, resize, channels=3, cine_frames=30):
+def spec_of(frames, size, resize, channels=3, cine_frames=30, lge_frames=0):
     s = dict(ref.CMRCLIP_SPEC)
-    s.update(frames=frames, size=size, resize=resize, channels=channels, cine_frames=cine_frames)
+    s.update(frames=frames, size=size, resize=resize, channels=channels, cine_frames=cine_frames,
+             recipe="cine+lge" if lge_frames else "cmrclip", lge_frames=lge_frames)
     return s
 
 
@@ -87,7 +88,8 @@ def sampling_cases():
     cases = []
     for frames in (64, 16, 7, 1):
         for n in (1, 5, 7, 15, 16, 17, 30, 60, 63, 64, 65, 100, 104, 108, 112, 116, 120, 129, 1000):
-            cases.append(dict(n=n, frames=frames, idx=ref.sample_segments(n, frames)))
+            cases.append(dict(n=n, frames=frames, idx=ref.sample_segments(n, frames),
+                              part=ref.sample_part(n, frames)))
     return cases
 
 
@@ -234,13 +236,21 @@ def study_cases():
                 fake_series(9, "lge_3ch", "int12", 80, 80, lax_n, 0.0, [along(lax_n, 0)], 1)]
 
     cases = []
+    first_case = {}  # id(series list) -> the first case that describes it
     for k, (series, spec) in enumerate(((rich, spec_of(64, 16, 20)), (sparse, spec_of(64, 16, 20)),
-                                        (lax_only, spec_of(32, 12, 14, cine_frames=12)))):
+                                        (lax_only, spec_of(32, 12, 14, cine_frames=12)),
+                                        (rich, spec_of(16, 16, 20, lge_frames=8)),
+                                        (sparse, spec_of(16, 16, 20, lge_frames=6)),
+                                        (lax_only, spec_of(12, 12, 14, cine_frames=12, lge_frames=5)),
+                                        (rich, spec_of(48, 12, 14, lge_frames=24)))):
         desc = dict(series=series)
         t, info = ref.study_tensor(to_reference(desc), spec)
         shown = [g for g, tr in zip(info["grey"], info["trace"]) if tr is not None and tr["image"] is not None]
         name = write_grey("study_%d.u16" % k, shown)
-        cases.append(dict(spec=spec, study=desc, file=name, n_shown=len(shown),
+        # a study seen before is named by its first case, to keep the manifest small
+        study = desc if id(series) not in first_case else dict(same_as=first_case[id(series)])
+        first_case.setdefault(id(series), k)
+        cases.append(dict(spec=spec, study=study, file=name, n_shown=len(shown),
                           source_frames=info["source_frames"], n_sax=info["n_sax"],
                           windows={s: list(w) for s, w in info["windows"].items()},
                           views_used=info["views_used"], views_missing=info["views_missing"],

@@ -61,6 +61,24 @@ def sample_segments(n, frames):
     return [int((bounds[j] + bounds[j + 1] - 1) // 2) for j in range(k)]
 
 
+def sample_part(n, frames):
+    """One part of the "cine+lge" recipe (ours): the segment sampling when the
+    part has enough frames, else frame j shows source j * n // frames."""
+    if n >= frames:
+        return sample_segments(n, frames)
+    return [(j * n) // frames for j in range(frames)] if n else []
+
+
+def recipe_indices(spec, n_source, n_cine):
+    """The sampled source frames: one sequence (CMR-CLIP), or the cines
+    (the first n_cine source frames) and the LGE views sampled apart."""
+    if spec.get("recipe", "cmrclip") == "cmrclip":
+        return sample_segments(n_source, spec["frames"])
+    g = spec["lge_frames"]
+    return (sample_part(n_cine, spec["frames"] - g) +
+            [n_cine + k for k in sample_part(n_source - n_cine, g)])
+
+
 def cine_phase(i, p, c):
     return (i * p) // c
 
@@ -117,14 +135,16 @@ def normalise(grey, spec):
 
 # ---- frames in memory -> tensor ------------------------------------------------------------------
 
-def tensor_from_source(groups, frames, spec):
+def tensor_from_source(groups, frames, spec, idx=None):
     """groups: list of lists of 2-D arrays (images windowed together; an entry
     may be a zero-argument callable returning the array, or None when no
     sampled frame shows it); frames: the source video, each entry (group,
     image) or None for a black frame.  Returns (tensor [F, C, S, S] float32,
-    windows [(lo, hi) per group], grey [F, S, S] in 8-bit space or None per frame)."""
+    windows [(lo, hi) per group], grey [F, S, S] in 8-bit space or None per frame).
+    idx: the sampled source frames; None: sample_segments over all."""
     F, S = spec["frames"], spec["size"]
-    idx = sample_segments(len(frames), F)
+    if idx is None:
+        idx = sample_segments(len(frames), F)
     shown = [sorted({frames[k][1] for k in idx if frames[k] is not None and frames[k][0] == g})
              for g in range(len(groups))]
     pixels = {}
@@ -249,6 +269,8 @@ def study_tensor(series_dict, spec=None):
 
     C = spec["cine_frames"]
     n_sax = len(chosen["lge_sax"][1]) if "lge_sax" in chosen else DEFAULT_LGE_SLICES
+    # CMR-CLIP repeats each LGE long-axis view n_SAX times; "cine+lge" shows it once
+    lax_repeat = n_sax if spec.get("recipe", "cmrclip") == "cmrclip" else 1
     seq = []  # (slot, image dict or None)
     for slot in ("cine_lax", "cine_sax"):
         if slot in chosen:
@@ -264,9 +286,9 @@ def study_tensor(series_dict, spec=None):
     for slot in LGE_LAX_ORDER:
         if slot in chosen:
             sl = chosen[slot][1]
-            seq += [(slot, _first_acquired(sl[len(sl) // 2]))] * n_sax
+            seq += [(slot, _first_acquired(sl[len(sl) // 2]))] * lax_repeat
         else:
-            seq += [(slot, None)] * n_sax
+            seq += [(slot, None)] * lax_repeat
 
     # groups: one per slot, the distinct images of the slot (by identity)
     groups = [[] for _ in SLOTS]
@@ -282,9 +304,9 @@ def study_tensor(series_dict, spec=None):
             where[key] = (g, len(groups[g]))
             groups[g].append(im["pixels"])
         frames.append(where[key])
-    tensor, windows, greys = tensor_from_source(groups, frames, spec)
+    idx = recipe_indices(spec, len(seq), 2 * C)
+    tensor, windows, greys = tensor_from_source(groups, frames, spec, idx)
 
-    idx = sample_segments(len(seq), spec["frames"])
     trace = []
     for j in range(spec["frames"]):
         if j >= len(idx):
