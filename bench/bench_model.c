@@ -1,18 +1,22 @@
 /* bench-model: the encoders' speed and memory on a full-size model.
  *
- *   bench-model DIR [--repeat R] [--json]
+ *   bench-model DIR [--repeat R] [--json] [--no-video]
  *
  * DIR is written by `bench/model_torch.py make DIR` (random full-size
  * CMR-CLIP weights plus the inputs: video.f32, ids64.i32, ids256.i32), so
  * that bench/model_bench.sh can run PyTorch on exactly the same weights and
  * inputs.  Measured here, in one process: OpenBLAS sgemm GFLOP/s at the
- * shapes the video tower runs, seconds per study (median of R), the rate
- * that implies over the tower's matrix products, the text tower on 64 and
- * 256 tokens (median of 20), and peak resident memory.  Writes
+ * shapes the video tower runs (the yardstick of issue 5's bar), the AMX
+ * kernel's own rate at the qkv shape (docs/gemm.md), seconds per study
+ * (median of R), the rate that implies over the tower's matrix products,
+ * the text tower on 64 and 256 tokens (median of 20), and peak resident
+ * memory.  Names the kernel the linear layers ran on (CMR_GEMM chooses).
+ * --no-video skips the study (a minute) to time the text tower.  Writes
  * DIR/c_video_embed.f32 and, when DIR/torch_video_embed.f32 exists, reports
  * the cosine between the two embeddings. */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +25,7 @@
 #include <unistd.h>
 
 #include "cmr_model.h"
+#include "gemm_amx.h"
 
 char *openblas_get_corename(void);
 int openblas_get_num_threads(void);
@@ -85,20 +90,52 @@ static double sgemm_gflops(int m, int n, int k)
     return 2.0 * m * n * k / median(t, 5) / 1e9;
 }
 
+/* The AMX kernel at the same shape, on the OpenMP threads taking pieces as
+ * cmr_linear does (sgemm runs on as many OpenBLAS threads), float32 flops
+ * counted; NAN when the kernel is not available. */
+static double amx_gflops(int m, int n, int k)
+{
+    if (!cmr_gemm_amx_ready())
+        return NAN;
+    float *x = malloc(sizeof(float) * (size_t)m * (size_t)k), *w = malloc(sizeof(float) * (size_t)n * (size_t)k),
+          *y = malloc(sizeof(float) * (size_t)m * (size_t)n);
+    for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
+        x[i] = (float)(i % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)n * (size_t)k; i++)
+        w[i] = (float)(i % 7) * 0.01f;
+    double t[6];
+    int failed = 0;
+    for (int r = 0; r < 6; r++) {
+        cmr_gemm_share share = {0};
+        double t0 = now();
+#pragma omp parallel reduction(+ : failed)
+        failed += cmr_gemm_amx_team((size_t)m, (size_t)n, (size_t)k, x, (size_t)k, w, (size_t)k, y, (size_t)n, 0,
+                                    &share) < 0;
+        t[r] = now() - t0;
+    }
+    free(x);
+    free(w);
+    free(y);
+    /* The first run allocates the buffers and the tile state. */
+    return failed ? NAN : 2.0 * m * n * k / median(t + 1, 5) / 1e9;
+}
+
 int main(int argc, char **argv)
 {
     /* As cmrsearch does: the BLAS kernels for this CPU before anything is
      * measured, so the sgemm rate is the one the towers run at. */
     cmr_blas_init();
     const char *dir = NULL;
-    int repeat = 3, json = 0;
+    int repeat = 3, json = 0, run_video = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--repeat") && i + 1 < argc)
             repeat = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json"))
             json = 1;
+        else if (!strcmp(argv[i], "--no-video"))
+            run_video = 0;
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: bench-model DIR [--repeat R] [--json]\n");
+            printf("usage: bench-model DIR [--repeat R] [--json] [--no-video]\n");
             return 0;
         } else if (argv[i][0] != '-' && !dir)
             dir = argv[i];
@@ -108,11 +145,14 @@ int main(int argc, char **argv)
         }
     }
     if (!dir || repeat < 1) {
-        fprintf(stderr, "usage: bench-model DIR [--repeat R] [--json]\n");
+        fprintf(stderr, "usage: bench-model DIR [--repeat R] [--json] [--no-video]\n");
         return 1;
     }
-    /* The tower's dominant products: qkv (T x 768 x 2304) and the MLP chunk. */
+    /* The tower's dominant products: qkv (T x 768 x 2304) and the MLP chunk.
+     * The AMX kernel first: OpenBLAS's threads spin for a while after each
+     * sgemm and would take the second core from it. */
     const int T = 1 + 64 * 196;
+    double amx_qkv = amx_gflops(T, 2304, 768);
     double gemm_qkv = sgemm_gflops(T, 2304, 768), gemm_mlp = sgemm_gflops(1024, 3072, 768),
            gemm_ref = sgemm_gflops(3136, 768, 768);
 
@@ -130,7 +170,7 @@ int main(int argc, char **argv)
     unsigned dim = cmr_model_dim(m);
     float *emb = malloc(dim * sizeof *emb);
     double *vt = calloc((size_t)repeat, sizeof *vt);
-    for (int r = 0; r < repeat; r++) {
+    for (int r = 0; r < repeat && run_video; r++) {
         t0 = now();
         if ((rc = cmr_model_encode_study(m, video, in->frames, emb)) < 0) {
             fprintf(stderr, "bench-model: encode_study: %s\n", cmr_errmsg());
@@ -138,17 +178,17 @@ int main(int argc, char **argv)
         }
         vt[r] = now() - t0;
     }
-    double video_s = median(vt, repeat);
+    double video_s = run_video ? median(vt, repeat) : NAN;
     char path[4096];
     snprintf(path, sizeof path, "%s/c_video_embed.f32", dir);
-    FILE *f = fopen(path, "wb");
+    FILE *f = run_video ? fopen(path, "wb") : NULL;
     if (f) {
         fwrite(emb, sizeof *emb, dim, f);
         fclose(f);
     }
     double cosine = NAN;
     snprintf(path, sizeof path, "%s/torch_video_embed.f32", dir);
-    if ((f = fopen(path, "rb"))) {
+    if (run_video && (f = fopen(path, "rb"))) {
         float *ref = malloc(dim * sizeof *ref);
         if (fread(ref, sizeof *ref, dim, f) == dim) {
             cosine = 0;
@@ -182,24 +222,43 @@ int main(int argc, char **argv)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double rss_mb = (double)ru.ru_maxrss / 1024.0;
+    /* The sgemm yardstick counts as many flops as the tower: the AMX
+     * kernel's three bf16 products per float product are not counted. */
+    double video_gflops = flops / video_s / 1e9;
     if (json) {
-        printf("{\"corename\":\"%s\",\"blas_threads\":%d,\"sgemm_gflops\":{\"qkv\":%.1f,\"mlp\":%.1f,\"ref3136\":%.1f},"
-               "\"open_s\":%.3f,\"video_s\":[",
-               openblas_get_corename(), openblas_get_num_threads(), gemm_qkv, gemm_mlp, gemm_ref, open_s);
-        for (int r = 0; r < repeat; r++)
+        printf("{\"gemm_kernel\":\"%s\",\"corename\":\"%s\",\"blas_threads\":%d,"
+               "\"sgemm_gflops\":{\"qkv\":%.1f,\"mlp\":%.1f,\"ref3136\":%.1f},\"amx_gflops\":{\"qkv\":",
+               cmr_gemm_kernel(), openblas_get_corename(), openblas_get_num_threads(), gemm_qkv, gemm_mlp, gemm_ref);
+        if (isnan(amx_qkv))
+            printf("null},");
+        else
+            printf("%.1f},", amx_qkv);
+        printf("\"open_s\":%.3f,\"video_s\":[", open_s);
+        for (int r = 0; r < repeat && run_video; r++)
             printf("%s%.3f", r ? "," : "", vt[r]);
-        printf("],\"video_median_s\":%.3f,\"video_gflops\":%.1f,\"text64_median_ms\":%.2f,"
-               "\"text256_median_ms\":%.2f,\"peak_rss_mb\":%.0f,\"cosine_vs_torch\":",
-               video_s, flops / video_s / 1e9, text_ms[0], text_ms[1], rss_mb);
+        if (run_video)
+            printf("],\"video_median_s\":%.3f,\"video_gflops\":%.1f,", video_s, video_gflops);
+        else
+            printf("],\"video_median_s\":null,\"video_gflops\":null,");
+        printf("\"text64_median_ms\":%.2f,\"text256_median_ms\":%.2f,\"peak_rss_mb\":%.0f,\"cosine_vs_torch\":",
+               text_ms[0], text_ms[1], rss_mb);
         if (isnan(cosine))
             printf("null}\n");
         else
             printf("%.6f}\n", cosine);
     } else {
-        printf("OpenBLAS core %s, %d threads; sgemm %.1f GFLOP/s (qkv shape), %.1f (MLP chunk), %.1f (3136x768x768)\n",
-               openblas_get_corename(), openblas_get_num_threads(), gemm_qkv, gemm_mlp, gemm_ref);
-        printf("open %.2f s; video %.2f s/study (median of %d), %.1f GFLOP/s = %.0f%% of the qkv-shape sgemm rate\n",
-               open_s, video_s, repeat, flops / video_s / 1e9, 100 * flops / video_s / 1e9 / gemm_qkv);
+        printf("GEMM kernel %s; OpenBLAS core %s, %d threads; sgemm %.1f GFLOP/s (qkv shape), %.1f (MLP chunk), "
+               "%.1f (3136x768x768)",
+               cmr_gemm_kernel(), openblas_get_corename(), openblas_get_num_threads(), gemm_qkv, gemm_mlp, gemm_ref);
+        if (!isnan(amx_qkv))
+            printf("; AMX kernel %.1f GFLOP/s (qkv shape, float32 flops)", amx_qkv);
+        printf("\n");
+        if (run_video)
+            printf("open %.2f s; video %.2f s/study (median of %d), %.1f GFLOP/s = %.0f%% of the qkv-shape sgemm "
+                   "rate\n",
+                   open_s, video_s, repeat, video_gflops, 100 * video_gflops / gemm_qkv);
+        else
+            printf("open %.2f s; video not run (--no-video)\n", open_s);
         printf("text 64 tokens %.1f ms, 256 tokens %.1f ms; peak RSS %.0f MB", text_ms[0], text_ms[1], rss_mb);
         if (!isnan(cosine))
             printf("; cosine to PyTorch's embedding %.6f", cosine);

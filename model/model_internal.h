@@ -85,7 +85,9 @@ char *cmr_st_metadata(const cmr_st_file *f, const char *key);
  * point; affects every OpenBLAS user in the process. */
 void cmr_model_threads_init(void);
 
-/* y[n][out] = x[n][in] · w[out][in]^T + b  (b may be NULL).  OpenBLAS sgemm. */
+/* y[n][out] = x[n][in] · w[out][in]^T + b  (b may be NULL).  The AMX bf16x3
+ * kernel where it is ready and pays (model/gemm_amx.c, docs/gemm.md), else
+ * OpenBLAS sgemm. */
 void cmr_linear(const float *x, size_t n, size_t in, const float *w, const float *b, size_t out, float *y);
 /* y = x + (the same with beta = 1): y[n][out] += x · w^T + b */
 void cmr_linear_acc(const float *x, size_t n, size_t in, const float *w, const float *b, size_t out, float *y);

@@ -1,6 +1,8 @@
-/* Kernels of the towers.  Matrix products of weights go to OpenBLAS; the
- * element-wise and per-row work runs in OpenMP loops; attention uses its own
- * small-matrix kernel (see cmr_attend in model_internal.h for why). */
+/* Kernels of the towers.  Matrix products of weights go to the AMX kernel
+ * (gemm_amx.c) where the CPU has it and the product is large enough, else
+ * to OpenBLAS; the element-wise and per-row work runs in OpenMP loops;
+ * attention uses its own small-matrix kernel (see cmr_attend in
+ * model_internal.h for why). */
 #include <cblas.h>
 #include <dlfcn.h>
 #include <math.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "gemm_amx.h"
 #include "model_internal.h"
 
 /* Element-wise loops below this size are not worth waking threads for. */
@@ -80,6 +83,25 @@ void cmr_model_threads_init(void)
     pthread_once(&once, blas_single_thread);
 }
 
+/* Where the AMX kernel (gemm_amx.c) pays, measured on one core against
+ * sgemm (docs/gemm.md, "When AMX runs"): from 4 rows (one row is sgemm's
+ * matrix-vector product, 4x faster than packing the weights for a 32-row
+ * tile) and from about 2.5e5 multiply-adds with in >= 64; below, tile
+ * set-up and packing cost as much as sgemm's whole product.  Decided per
+ * thread's part. */
+#define AMX_MIN_ROWS 4
+#define AMX_MIN_IN 64
+#define AMX_MIN_MACS 2.5e5
+
+static int use_amx(size_t rows, size_t in, size_t cols)
+{
+    if (!cmr_gemm_amx_ready())
+        return 0;
+    if (cmr_gemm_mode_get() == CMR_GEMM_AMX)
+        return 1;
+    return rows >= AMX_MIN_ROWS && in >= AMX_MIN_IN && (double)rows * (double)in * (double)cols >= AMX_MIN_MACS;
+}
+
 /* One thread's share of y = x · w^T (+ b): rows r0..r1, columns c0..c1. */
 static void linear_part(const float *x, size_t in, const float *w, const float *b, size_t out, float *y, size_t r0,
                         size_t r1, size_t c0, size_t c1, int acc)
@@ -91,20 +113,53 @@ static void linear_part(const float *x, size_t in, const float *w, const float *
             for (size_t j = c0; j < c1; j++)
                 y[i * out + j] = acc ? y[i * out + j] + b[j] : b[j];
     }
+    /* The AMX kernel fails only without its buffer, before touching y. */
+    if (use_amx(r1 - r0, in, c1 - c0) &&
+        cmr_gemm_amx(r1 - r0, c1 - c0, in, x + r0 * in, in, w + c0 * in, in, y + r0 * out + c0, out, b || acc) == 0)
+        return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)(c1 - c0), (int)in, 1.0f, x + r0 * in,
                 (int)in, w + c0 * in, (int)in, (b || acc) ? 1.0f : 0.0f, y + r0 * out + c0, (int)out);
 }
 
+/* All the threads on one AMX product, each taking pieces of it as it comes
+ * free (cmr_gemm_amx_team): this machine's cores are slowed by other work
+ * unevenly, and a fixed split waits for the slowest (docs/gemm.md,
+ * "Threads").  The bias goes in first, by rows.  0, or -1 when no thread
+ * could run the kernel (y then holds the bias). */
+static int linear_team(const float *x, size_t n, size_t in, const float *w, const float *b, size_t out, float *y,
+                       int acc, int threads)
+{
+    cmr_gemm_share share = {0};
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : failed)
+    {
+        size_t t = (size_t)omp_get_thread_num(), k = (size_t)omp_get_num_threads();
+        for (size_t i = n * t / k; b && i < n * (t + 1) / k; i++)
+            for (size_t j = 0; j < out; j++)
+                y[i * out + j] = acc ? y[i * out + j] + b[j] : b[j];
+#pragma omp barrier
+        failed += cmr_gemm_amx_team(n, out, in, x, in, w, in, y, out, b || acc, &share) < 0;
+    }
+    return failed < threads ? 0 : -1;
+}
+
 /* OpenBLAS runs single-threaded (cmr_model_threads_init) and the product is
- * split here across the OpenMP threads, by rows when there are many and by
- * output columns otherwise: OpenBLAS's own threads would spin-wait through
- * the attention loops that follow each product and take their cores. */
+ * split here across the OpenMP threads (by pieces taken as they come free
+ * on AMX; else by rows when there are many and by output columns
+ * otherwise): OpenBLAS's own threads would spin-wait through the attention
+ * loops that follow each product and take their cores. */
 static void linear(const float *x, size_t n, size_t in, const float *w, const float *b, size_t out, float *y, int acc)
 {
     cmr_model_threads_init();
     int threads = omp_get_max_threads();
     if (threads <= 1 || (double)n * (double)in * (double)out < 2e6) {
         linear_part(x, in, w, b, out, y, 0, n, 0, out, acc);
+        return;
+    }
+    if (use_amx(n, in, (out + (size_t)threads - 1) / (size_t)threads)) {
+        if (linear_team(x, n, in, w, b, out, y, acc, threads) < 0) /* no buffer anywhere: y holds the bias */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x, (int)in, w,
+                        (int)in, (b || acc) ? 1.0f : 0.0f, y, (int)out);
         return;
     }
     int by_rows = n >= 64 * (size_t)threads;

@@ -21,6 +21,9 @@ cd "$(dirname "$0")/.."
 # last bits of every product and so the weights' hash.  Keep them to
 # reproduce the weights bit for bit (docs/default-model.md).
 export CMR_BLAS_CORE=${CMR_BLAS_CORE:-keep}
+# They predate the AMX kernel (docs/gemm.md) too, which the compact model's
+# linear layers would otherwise take.
+export CMR_GEMM=${CMR_GEMM:-openblas}
 work=${1:-/var/tmp/cmr-train}
 bin=build/cli/cmrsearch
 phantom=build/tests/phantom/cmr-phantom

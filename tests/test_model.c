@@ -23,6 +23,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "gemm_amx.h"
 #include "model_internal.h"
 #include "test_util.h"
 
@@ -532,6 +533,185 @@ static void test_open_errors(void **state)
     free(dir);
 }
 
+/* ---- the AMX kernel (model/gemm_amx.c) ---------------------------------------------------------------- */
+
+/* The machines this suite runs on have AMX, and an untested kernel must not
+ * pass silently: CMR_GEMM=openblas is the one way to run without it. */
+static int amx_expected(void)
+{
+    if (cmr_gemm_mode_parse(getenv("CMR_GEMM")) == CMR_GEMM_OPENBLAS)
+        return 0;
+    if (!cmr_gemm_amx_ready())
+        fail_msg("the AMX kernel is not available on this machine (CPU without AMX-TILE, AMX-BF16 and AVX512-BF16, "
+                 "or the kernel refused the tile state): the tests of model/ expect it; run them with "
+                 "CMR_GEMM=openblas to test without it");
+    return 1;
+}
+
+static void test_gemm_kernel(void **state)
+{
+    (void)state;
+    const char *env = getenv("CMR_GEMM");
+    print_message("GEMM kernel %s (CMR_GEMM %s)\n", cmr_gemm_kernel(), env ? env : "unset");
+    assert_string_equal(cmr_gemm_kernel(), amx_expected() ? "amx-bf16x3" : "openblas");
+}
+
+/* This test binary again, with CMR_GEMM set and one argument; its output in out. */
+static int run_child(const char *gemm, const char *arg, char *out, size_t cap)
+{
+    char self[4096], cmd[4300];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    assert_true(len > 0);
+    self[len] = 0;
+    snprintf(cmd, sizeof cmd, "CMR_GEMM=%s '%s' %s 2>&1", gemm, self, arg);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    return pclose(p);
+}
+
+static void test_gemm_env(void **state)
+{
+    (void)state;
+    assert_true(cmr_gemm_mode_parse(NULL) == CMR_GEMM_AUTO && cmr_gemm_mode_parse("") == CMR_GEMM_AUTO);
+    assert_true(cmr_gemm_mode_parse("auto") == CMR_GEMM_AUTO && cmr_gemm_mode_parse("mkl") == CMR_GEMM_AUTO);
+    assert_true(cmr_gemm_mode_parse("openblas") == CMR_GEMM_OPENBLAS);
+    assert_true(cmr_gemm_mode_parse("OpenBLAS") == CMR_GEMM_OPENBLAS && cmr_gemm_mode_parse("amx") == CMR_GEMM_AMX);
+    static char out[65536]; /* the variable is read once per process: children with it set */
+    assert_int_equal(run_child("openblas", "--gemm-kernel", out, sizeof out), 0);
+    assert_string_equal(out, "openblas\n");
+    if (!amx_expected())
+        return;
+    /* Every product on AMX, however small (most of the small model's are
+     * below the size where AMX runs by default), against the fixtures. */
+    int status = run_child("amx", "--parity", out, sizeof out);
+    const char *line = strstr(out, "# worst relative error");
+    print_message("all products on AMX: %.*s\n", line ? (int)strcspn(line, "\n") : 7, line ? line : "no line");
+    if (status != 0)
+        fail_msg("CMR_GEMM=amx test_model --parity failed:\n%s", out);
+}
+
+/* The bf16x3 bound for one element (docs/gemm.md, "Accuracy"), given
+ * mag = sum_k |a_k b_k| and the previous |c0|.  Each float is x = hi + lo
+ * + e with |e| <= 2^-16 |x| (two roundings to bf16's 8 significant bits);
+ * of the product, hi hi + hi lo + lo hi is kept, dropping lo lo and the e
+ * terms, at most 3 (1 + 2^-7) 2^-16 |a b|.  The 3k kept products are exact
+ * in float32 and summed in float32 onto c0: at most gamma_{3k+1} (in units
+ * 2^-24) of the magnitudes, which exceed |a b| by 2% at most.  Nothing
+ * bounds max |error| / max |c| in general (cancellation); the tests check
+ * it too, on random data, for the figure docs/gemm.md quotes. */
+static double bf16x3_bound(size_t k, double mag, double c0)
+{
+    double u = ldexp(1, -24), n = 3.0 * (double)k + 1;
+    return 3 * (1 + ldexp(1, -7)) * ldexp(1, -16) * mag + n * u / (1 - n * u) * (1.02 * mag + fabs(c0));
+}
+
+/* Random matrix entries: standard normal, or (wide) times 2^U(-10, 10). */
+static void fill(float *x, size_t n, int wide, uint64_t *rng)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(test_gauss(rng) * (wide ? ldexp(1, (int)(test_rng(rng) % 21) - 10) : 1));
+}
+
+/* C (m x n, stride ldc) against A · B^T (+ c0) in double: the per-element
+ * bound, untouched padding, and max |error| / max |ref| returned. */
+static double check_product(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b, size_t ldb,
+                            const float *bias, const float *c0, const float *c, size_t ldc)
+{
+    double err = 0, mx = 0;
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < n; j++) {
+            double ref = 0, mag = 0, base = (c0 ? c0[i * ldc + j] : 0) + (bias ? bias[j] : 0);
+            for (size_t p = 0; p < k; p++) {
+                double t = (double)a[i * lda + p] * b[j * ldb + p];
+                ref += t;
+                mag += fabs(t);
+            }
+            ref += base;
+            double e = fabs(c[i * ldc + j] - ref);
+            /* A bias is added to c0 in float32 first: one more rounding. */
+            double bound = bf16x3_bound(k, mag, base) + (bias && c0 ? ldexp(fabs(base), -23) : 0);
+            if (!(e <= bound))
+                fail_msg("%zux%zux%zu: c[%zu][%zu] = %.9g, exact %.9g: error %.3g over the bound %.3g", m, n, k, i, j,
+                         c[i * ldc + j], ref, e, bound);
+            err = e > err ? e : err;
+            mx = fabs(ref) > mx ? fabs(ref) : mx;
+        }
+        for (size_t j = n; j < ldc; j++)
+            if (c[i * ldc + j] != (c0 ? c0[i * ldc + j] : 0))
+                fail_msg("%zux%zux%zu: padding c[%zu][%zu] written", m, n, k, i, j);
+    }
+    return err / mx;
+}
+
+static void test_gemm_accuracy(void **state)
+{
+    (void)state;
+    if (!amx_expected()) {
+        print_message("AMX kernel not tested: CMR_GEMM=openblas\n");
+        return;
+    }
+    /* Ragged m, n (not multiples of 16 or 32) and k (not of 32); 64 and 130
+     * rows are the two blockings (few rows: the weights stream; many: they
+     * are packed by panels), 300 x 600 x 1000 several strips and panels. */
+    static const size_t shapes[][3] = {{1, 1, 1}, {17, 33, 65}, {64, 768, 768}, {130, 100, 3072}, {300, 600, 1000}};
+    uint64_t rng = 20261128;
+    double worst_uniform = 0, worst_wide = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int wide = 0; wide < 2; wide++)
+            for (int acc = 0; acc < 2; acc++) {
+                size_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+                size_t lda = k + 3, ldb = k + 1, ldc = n + 5; /* strides unlike the widths */
+                float *a = malloc(m * lda * sizeof *a), *b = malloc(n * ldb * sizeof *b);
+                float *c0 = malloc(m * ldc * sizeof *c0), *c = malloc(m * ldc * sizeof *c);
+                assert_true(a && b && c0 && c);
+                fill(a, m * lda, wide, &rng);
+                fill(b, n * ldb, wide, &rng);
+                fill(c0, m * ldc, 0, &rng);
+                memcpy(c, c0, m * ldc * sizeof *c);
+                if (!acc) /* beta 0: C's contents are ignored (here huge); its padding is left as it was */
+                    for (size_t i = 0; i < m; i++)
+                        memset(c0 + i * ldc, 0, n * sizeof *c0), memset(c + i * ldc, 0x7f, n * sizeof *c);
+                assert_int_equal(cmr_gemm_amx(m, n, k, a, lda, b, ldb, c, ldc, acc), 0);
+                double e = check_product(m, n, k, a, lda, b, ldb, NULL, c0, c, ldc);
+                double *w = wide ? &worst_wide : &worst_uniform;
+                *w = e > *w ? e : *w;
+                free(a), free(b), free(c0), free(c);
+            }
+    print_message("AMX bf16x3: max|c - exact| / max|exact| %.3g (normal entries), %.3g (magnitudes over 2^+-10)\n",
+                  worst_uniform, worst_wide);
+    /* Typically 2^-17 (the dropped terms' signs are random); one product alone can lose 3 * 2^-16. */
+    assert_true(worst_uniform <= 1e-5);
+    assert_true(worst_wide <= 3 * ldexp(1, -16));
+}
+
+/* cmr_linear, cmr_linear_acc with a bias, on the OpenMP threads sharing the
+ * pieces (both blockings, both over several K panels): whatever kernel
+ * runs, within the bf16x3 bound (sgemm is well inside it). */
+static void test_linear_bias(void **state)
+{
+    (void)state;
+    static const size_t shapes[][3] = {{100, 3072, 130}, {300, 1000, 200}};
+    uint64_t rng = 5;
+    for (size_t s = 0; s < 2; s++) {
+        size_t N = shapes[s][0], IN = shapes[s][1], OUT = shapes[s][2];
+        float *x = malloc(N * IN * sizeof *x), *w = malloc(OUT * IN * sizeof *w), *bias = malloc(OUT * sizeof *bias);
+        float *y0 = malloc(N * OUT * sizeof *y0), *y = malloc(N * OUT * sizeof *y);
+        assert_true(x && w && bias && y0 && y);
+        fill(x, N * IN, 0, &rng), fill(w, OUT * IN, 0, &rng), fill(bias, OUT, 0, &rng), fill(y0, N * OUT, 0, &rng);
+        cmr_linear(x, N, IN, w, bias, OUT, y);
+        double e0 = check_product(N, OUT, IN, x, IN, w, IN, bias, NULL, y, OUT);
+        memcpy(y, y0, N * OUT * sizeof *y);
+        cmr_linear_acc(x, N, IN, w, bias, OUT, y);
+        double e1 = check_product(N, OUT, IN, x, IN, w, IN, bias, y0, y, OUT);
+        print_message("cmr_linear %zux%zux%zu (%s): relative error %.3g, accumulating %.3g\n", N, IN, OUT,
+                      cmr_gemm_kernel(), e0, e1);
+        assert_true(e0 <= 1e-5 && e1 <= 1e-5);
+        free(x), free(w), free(bias), free(y0), free(y);
+    }
+}
+
 static int report(void **state)
 {
     (void)state;
@@ -589,10 +769,28 @@ static void test_blas_core(void **state)
     free(c);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    /* Child modes of test_gemm_env: the kernel's name, and the parity tests
+     * alone (run with CMR_GEMM set). */
+    if (argc > 1 && !strcmp(argv[1], "--gemm-kernel")) {
+        printf("%s\n", cmr_gemm_kernel());
+        return 0;
+    }
+    const struct CMUnitTest parity[] = {
+        cmocka_unit_test(test_small_video),
+        cmocka_unit_test(test_small_video_fewer_frames),
+        cmocka_unit_test(test_small_text),
+        cmocka_unit_test(test_full_size_block),
+    };
+    if (argc > 1 && !strcmp(argv[1], "--parity"))
+        return cmocka_run_group_tests(parity, NULL, report);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas_core),
+        cmocka_unit_test(test_gemm_kernel),
+        cmocka_unit_test(test_gemm_env),
+        cmocka_unit_test(test_gemm_accuracy),
+        cmocka_unit_test(test_linear_bias),
         cmocka_unit_test(test_small_video),
         cmocka_unit_test(test_small_video_fewer_frames),
         cmocka_unit_test(test_small_text),
