@@ -619,12 +619,6 @@ int cmr_gemm_amx_team(size_t m, size_t n, size_t k, const float *a, size_t lda, 
     return 0;
 }
 
-int cmr_gemm_amx(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
-                 size_t ldc, int accumulate)
-{
-    return cmr_gemm_amx_team(m, n, k, a, lda, b, ldb, c, ldc, accumulate, NULL);
-}
-
 #else /* no AMX intrinsics */
 
 int cmr_gemm_amx_team(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b, size_t ldb,
@@ -635,10 +629,11 @@ int cmr_gemm_amx_team(size_t m, size_t n, size_t k, const float *a, size_t lda, 
     return cmr_fail(CMR_EUNSUPPORTED, "matrix product: this build has no AMX kernel");
 }
 
+#endif
+
 int cmr_gemm_amx(size_t m, size_t n, size_t k, const float *a, size_t lda, const float *b, size_t ldb, float *c,
                  size_t ldc, int accumulate)
 {
     return cmr_gemm_amx_team(m, n, k, a, lda, b, ldb, c, ldc, accumulate, NULL);
 }
 
-#endif

@@ -102,23 +102,35 @@ static int use_amx(size_t rows, size_t in, size_t cols)
     return rows >= AMX_MIN_ROWS && in >= AMX_MIN_IN && (double)rows * (double)in * (double)cols >= AMX_MIN_MACS;
 }
 
+/* The bias into rows r0..r1, columns c0..c1 of y (added to them with acc),
+ * before the product is accumulated onto it. */
+static void bias_into(float *y, size_t out, const float *b, size_t r0, size_t r1, size_t c0, size_t c1, int acc)
+{
+    for (size_t i = r0; b && i < r1; i++)
+        for (size_t j = c0; j < c1; j++)
+            y[i * out + j] = acc ? y[i * out + j] + b[j] : b[j];
+}
+
+/* OpenBLAS's y[r0..r1][c0..c1] (+)= x · w^T. */
+static void sgemm_part(const float *x, size_t in, const float *w, size_t out, float *y, size_t r0, size_t r1,
+                       size_t c0, size_t c1, int accumulate)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)(c1 - c0), (int)in, 1.0f, x + r0 * in,
+                (int)in, w + c0 * in, (int)in, accumulate ? 1.0f : 0.0f, y + r0 * out + c0, (int)out);
+}
+
 /* One thread's share of y = x · w^T (+ b): rows r0..r1, columns c0..c1. */
 static void linear_part(const float *x, size_t in, const float *w, const float *b, size_t out, float *y, size_t r0,
                         size_t r1, size_t c0, size_t c1, int acc)
 {
     if (r1 <= r0 || c1 <= c0)
         return;
-    if (b) {
-        for (size_t i = r0; i < r1; i++)
-            for (size_t j = c0; j < c1; j++)
-                y[i * out + j] = acc ? y[i * out + j] + b[j] : b[j];
-    }
+    bias_into(y, out, b, r0, r1, c0, c1, acc);
     /* The AMX kernel fails only without its buffer, before touching y. */
     if (use_amx(r1 - r0, in, c1 - c0) &&
         cmr_gemm_amx(r1 - r0, c1 - c0, in, x + r0 * in, in, w + c0 * in, in, y + r0 * out + c0, out, b || acc) == 0)
         return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)(c1 - c0), (int)in, 1.0f, x + r0 * in,
-                (int)in, w + c0 * in, (int)in, (b || acc) ? 1.0f : 0.0f, y + r0 * out + c0, (int)out);
+    sgemm_part(x, in, w, out, y, r0, r1, c0, c1, b || acc);
 }
 
 /* All the threads on one AMX product, each taking pieces of it as it comes
@@ -134,9 +146,7 @@ static int linear_team(const float *x, size_t n, size_t in, const float *w, cons
 #pragma omp parallel num_threads(threads) reduction(+ : failed)
     {
         size_t t = (size_t)omp_get_thread_num(), k = (size_t)omp_get_num_threads();
-        for (size_t i = n * t / k; b && i < n * (t + 1) / k; i++)
-            for (size_t j = 0; j < out; j++)
-                y[i * out + j] = acc ? y[i * out + j] + b[j] : b[j];
+        bias_into(y, out, b, n * t / k, n * (t + 1) / k, 0, out, acc);
 #pragma omp barrier
         failed += cmr_gemm_amx_team(n, out, in, x, in, w, in, y, out, b || acc, &share) < 0;
     }
@@ -158,8 +168,7 @@ static void linear(const float *x, size_t n, size_t in, const float *w, const fl
     }
     if (use_amx(n, in, (out + (size_t)threads - 1) / (size_t)threads)) {
         if (linear_team(x, n, in, w, b, out, y, acc, threads) < 0) /* no buffer anywhere: y holds the bias */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.0f, x, (int)in, w,
-                        (int)in, (b || acc) ? 1.0f : 0.0f, y, (int)out);
+            sgemm_part(x, in, w, out, y, 0, n, 0, out, b || acc);
         return;
     }
     int by_rows = n >= 64 * (size_t)threads;
