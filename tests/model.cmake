@@ -3,6 +3,10 @@
 cmr_add_test(test_model SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_model.c LIBS cmr_model PkgConfig::JANSSON TIMEOUT 300)
 if(TARGET test_model)
   target_compile_definitions(test_model PRIVATE CMR_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+  # The AMX product kernel's own tests: "Skipped" (exit 77), not "Passed",
+  # on a CPU without AMX, where every product runs on OpenBLAS.
+  add_test(NAME test_model_amx COMMAND test_model --amx WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+  set_tests_properties(test_model_amx PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
 endif()
 
 # The converter, the converted model's parity and `cmrsearch index --model`
