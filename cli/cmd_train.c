@@ -42,6 +42,9 @@ static const char usage[] =
     "  --lr X              peak learning rate (warm-up 1 epoch, cosine decay)\n"
     "  --temperature T     InfoNCE temperature (default 0.05, fixed as in CMR-CLIP)\n"
     "  --learn-temperature learn it instead\n"
+    "  --sentence-keep P   each step shows each sentence of an impression with\n"
+    "                      probability P, at least one (default 1: the whole\n"
+    "                      impression); short queries look like single sentences\n"
     "  --patience N        stop after N epochs without a better validation R@10\n"
     "  --checkpoint FILE   save the state after every epoch; resume from it\n"
     "  --threads N         threads for reading the studies (default: all CPUs)\n";
@@ -220,7 +223,7 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *out_dir = NULL, *init = NULL, *epochs = NULL, *batch = NULL, *lr = NULL, *wd = NULL,
                *temp = NULL, *valf = NULL, *patience = NULL, *seed = NULL, *name = NULL, *checkpoint = NULL,
-               *threads_text = NULL, *frames = NULL, *lge_frames = NULL, *resize = NULL;
+               *threads_text = NULL, *frames = NULL, *lge_frames = NULL, *resize = NULL, *sentence_keep = NULL;
     int learn_temp = 0, cont = 0;
     const char *model_path = NULL;
     const cmr_cli_option options[] = {
@@ -232,6 +235,7 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
         {"checkpoint", 0, &checkpoint, NULL}, {"threads", 0, &threads_text, NULL},
         {"learn-temperature", 0, NULL, &learn_temp}, {"json", 0, NULL, &cli->json},
         {"continue", 0, NULL, &cont},   {"model", 0, &model_path, NULL},
+        {"sentence-keep", 0, &sentence_keep, NULL},
     };
     const char *extra[1];
     size_t n_extra;
@@ -297,7 +301,8 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
         rc = cmr_cli_parse_u64("--threads", threads_text, 1, 64, &threads);
     if (rc || (rc = parse_float("--lr", lr, 1e-7, 1, &o.lr)) || (rc = parse_float("--weight-decay", wd, 0, 1, &o.weight_decay)) ||
         (rc = parse_float("--temperature", temp, 1e-3, 10, &o.temperature)) ||
-        (rc = parse_float("--val-fraction", valf, 0, 0.9, &o.val_fraction)))
+        (rc = parse_float("--val-fraction", valf, 0, 0.9, &o.val_fraction)) ||
+        (rc = parse_float("--sentence-keep", sentence_keep, 0.01, 1, &o.sentence_keep)))
         return rc;
     o.learn_temperature = learn_temp;
     o.checkpoint = checkpoint;

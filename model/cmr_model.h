@@ -124,6 +124,8 @@ typedef struct cmr_train_options {
     int learn_temperature;        /* 0: fixed as in CMR-CLIP */
     float val_fraction;           /* of patient groups held out (default 0.1) */
     unsigned patience;            /* epochs without a better validation R@10 before stopping (default 5) */
+    float sentence_keep;          /* text augmentation: each sentence of an impression kept with this
+                                     probability per step, at least one (default 1: whole impressions) */
     uint64_t seed;
     const char *checkpoint;       /* resumable state file; NULL: none */
     void (*progress)(void *user, const cmr_train_progress *p);

@@ -94,6 +94,15 @@ const float *cmr_compact_video_probe(const cmr_compact_video_cache *cache, const
  * the pointers are non-NULL, dLoss/d(img), dLoss/d(txt) and dLoss/d(logit_scale). */
 double cmr_clip_loss(const float *img, const float *txt, int batch, int dim, float logit_scale, float *d_img,
                      float *d_txt, float *d_logit_scale);
+/* The same where some pairs share their text: group[i] names pair i's text
+ * (equal values, equal texts).  A text shared by several pairs is the
+ * partner of each of their images, so each row's and column's target is
+ * spread evenly over its group instead of pushing the pairs' images apart
+ * (a sampled sentence such as "No late gadolinium enhancement." is often
+ * shared in a batch).  NULL group, or all distinct: cmr_clip_loss, to the
+ * last bit. */
+double cmr_clip_loss_grouped(const float *img, const float *txt, int batch, int dim, float logit_scale,
+                             const uint32_t *group, float *d_img, float *d_txt, float *d_logit_scale);
 
 /* One AdamW step over n parameters (PyTorch's torch.optim.AdamW semantics:
  * decoupled weight decay p -= lr*wd*p, bias-corrected moments).  step is

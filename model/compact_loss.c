@@ -57,18 +57,35 @@ static double softmax_line(const double *l, size_t n, size_t stride, double *p)
 double cmr_clip_loss(const float *img, const float *txt, int batch, int dim, float logit_scale, float *d_img,
                      float *d_txt, float *d_logit_scale)
 {
+    return cmr_clip_loss_grouped(img, txt, batch, dim, logit_scale, NULL, d_img, d_txt, d_logit_scale);
+}
+
+/* Pairs i and j share a text. */
+static int same_text(const uint32_t *group, size_t i, size_t j) { return i == j || (group && group[i] == group[j]); }
+
+double cmr_clip_loss_grouped(const float *img, const float *txt, int batch, int dim, float logit_scale,
+                             const uint32_t *group, float *d_img, float *d_txt, float *d_logit_scale)
+{
     if (!img || !txt || batch < 1 || dim < 1)
         return NAN;
     size_t B = (size_t)batch, E = (size_t)dim;
     /* Everything in double: B is small (a training batch), and the
      * gradients of a softmax over near-equal logits are differences of
      * near-equal numbers. */
-    double *a = malloc((4 * B * E + 4 * B * B + 2 * B) * sizeof *a);
+    double *a = malloc((4 * B * E + 4 * B * B + 3 * B) * sizeof *a);
     if (!a)
         return NAN;
     double *t = a + B * E, *da = t + B * E, *dt = da + B * E, *logits = dt + B * E;
     double *p_row = logits + B * B, *p_col = p_row + B * B, *g = p_col + B * B, *norm_a = g + B * B;
-    double *norm_t = norm_a + B;
+    double *norm_t = norm_a + B, *share = norm_t + B;
+    /* share[i]: the target weight of each partner of pair i, 1 / |group|
+     * (the group is symmetric: row i's and column i's partners are the same). */
+    for (size_t i = 0; i < B; i++) {
+        size_t n = 0;
+        for (size_t j = 0; j < B; j++)
+            n += (size_t)same_text(group, i, j);
+        share[i] = 1.0 / (double)n;
+    }
     normalize_rows(img, B, E, a, norm_a);
     normalize_rows(txt, B, E, t, norm_t);
     double s = exp((double)logit_scale);
@@ -80,21 +97,28 @@ double cmr_clip_loss(const float *img, const float *txt, int batch, int dim, flo
             logits[i * B + j] = s * dot;
         }
     /* Row i: image i against every text; column j: text j against every
-     * image; the matching pair is on the diagonal in both. */
+     * image; the matching pair is on the diagonal in both, with the pairs
+     * that share its text beside it. */
     double loss = 0;
     for (size_t i = 0; i < B; i++) {
-        loss += softmax_line(logits + i * B, B, 1, p_row + i * B) - logits[i * B + i];
-        loss += softmax_line(logits + i, B, B, p_col + i) - logits[i * B + i];
+        double target = 0;
+        for (size_t j = 0; j < B; j++)
+            if (same_text(group, i, j))
+                target += share[i] * logits[i * B + j];
+        loss += softmax_line(logits + i * B, B, 1, p_row + i * B) - target;
+        loss += softmax_line(logits + i, B, B, p_col + i) - target;
     }
     loss /= (double)B;
     if (d_img || d_txt || d_logit_scale) {
-        /* dLoss/dlogits = (P_row + P_col - 2 I) / B; the logits are s·S, so
+        /* dLoss/dlogits = (P_row + P_col - 2 T) / B, T the targets (I
+         * without shared texts); the logits are s·S, so
          * dLoss/ds·s = Σ g·logits (the scale is learnt in log space) and
          * dLoss/dS = s g. */
         double d_ls = 0;
         for (size_t i = 0; i < B; i++)
             for (size_t j = 0; j < B; j++) {
-                double gij = (p_row[i * B + j] + p_col[i * B + j] - (i == j ? 2.0 : 0.0)) / (double)B;
+                double gij = (p_row[i * B + j] + p_col[i * B + j] - (same_text(group, i, j) ? 2 * share[i] : 0.0)) /
+                             (double)B;
                 d_ls += gij * logits[i * B + j];
                 g[i * B + j] = s * gij;
             }

@@ -4,6 +4,7 @@
  * Determinism: every random choice comes from splitmix64 streams derived
  * from (seed, epoch, sample), never from a shared sequence, so a resumed run
  * draws exactly what an uninterrupted one would have. */
+#include <ctype.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -49,6 +50,7 @@ void cmr_train_options_init(cmr_train_options *o)
     o->temperature = 0.05f;
     o->val_fraction = 0.1f;
     o->patience = 5;
+    o->sentence_keep = 1;
     o->seed = 1;
 }
 
@@ -154,13 +156,74 @@ typedef struct train_data {
     cmr_model_input in;
     uint32_t *ids;      /* every text's n-grams, concatenated */
     size_t *text_start; /* n + 1 */
+    /* With sentence sampling (sentence_keep < 1): every sentence's n-grams,
+     * concatenated; sentence j's at sent_start[j], text i's sentences are
+     * text_sent[i] .. text_sent[i + 1] - 1. */
+    uint32_t *sids;
+    size_t *sent_start, *text_sent;
     size_t *train, n_train, *val, n_val;
 } train_data;
+
+/* The end of the sentence starting at s: after a '.', '!' or '?' followed
+ * by white space (not a decimal point), or at a line break, or at the end;
+ * leading white space is part of it. */
+static size_t sentence_end(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '\n')
+            return i + 1;
+        if ((s[i] == '.' || s[i] == '!' || s[i] == '?') && (i + 1 == len || isspace((unsigned char)s[i + 1])))
+            return i + 1;
+    }
+    return len;
+}
+
+/* The n-grams of every sentence of every text, for sentence sampling.  Each
+ * sentence is featurized alone, as a short query would be. */
+static int prepare_sentences(train_data *d)
+{
+    const cmr_train_set *set = d->set;
+    size_t n_sent = 0, total = 0, cap = 0, n = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        n_sent = total = 0;
+        for (size_t i = 0; i < set->n; i++) {
+            const char *t = set->texts[i];
+            size_t len = strlen(t);
+            if (pass)
+                d->text_sent[i] = n_sent;
+            for (size_t at = 0; at < len;) {
+                size_t end = at + sentence_end(t + at, len - at);
+                int rc = cmr_compact_ngrams(d->c, t + at, end - at, pass ? d->sids + total : NULL,
+                                            pass ? cap - total : 0, &n);
+                if (rc < 0)
+                    return rc;
+                at = end;
+                if (!n)
+                    continue; /* white space or punctuation alone */
+                if (pass)
+                    d->sent_start[n_sent] = total;
+                n_sent++;
+                total += n;
+            }
+        }
+        if (pass)
+            break;
+        cap = total;
+        if (!(d->sids = malloc((total ? total : 1) * sizeof *d->sids)) ||
+            !(d->sent_start = malloc((n_sent + 1) * sizeof *d->sent_start)) ||
+            !(d->text_sent = malloc((set->n + 1) * sizeof *d->text_sent)))
+            return cmr_fail(CMR_ENOMEM, "out of memory");
+    }
+    d->sent_start[n_sent] = total;
+    d->text_sent[set->n] = n_sent;
+    return 0;
+}
 
 static int prepare(train_data *d, const cmr_train_options *o)
 {
     const cmr_train_set *set = d->set;
     size_t total = 0, n = 0;
+    int rc_sentences;
     if (!(d->text_start = calloc(set->n + 1, sizeof *d->text_start)) || !(d->train = malloc(set->n * sizeof *d->train)) ||
         !(d->val = malloc(set->n * sizeof *d->val)))
         return cmr_fail(CMR_ENOMEM, "out of memory");
@@ -180,6 +243,8 @@ static int prepare(train_data *d, const cmr_train_options *o)
         if (rc < 0)
             return rc;
     }
+    if (o->sentence_keep < 1 && (rc_sentences = prepare_sentences(d)) < 0)
+        return rc_sentences;
     /* Held out by patient group, by a hash of the group: stable when
      * studies are added, so a fine-tuning run validates on the same people. */
     for (size_t i = 0; i < set->n; i++) {
@@ -199,6 +264,9 @@ static void free_data(train_data *d)
 {
     free(d->ids);
     free(d->text_start);
+    free(d->sids);
+    free(d->sent_start);
+    free(d->text_sent);
     free(d->train);
     free(d->val);
 }
@@ -232,23 +300,78 @@ static void make_video(const train_data *d, size_t i, int augment, uint64_t rng,
     }
 }
 
+/* Which sentences of text i a training step shows: each kept with
+ * probability keep, at least one; bit j for its j-th sentence.  All of
+ * them (~0) without sentence sampling, for a text of one sentence, or of
+ * more than 64. */
+static uint64_t sentence_choice(const train_data *d, size_t i, float keep, uint64_t rng)
+{
+    if (keep >= 1 || !d->text_sent)
+        return ~0ull;
+    size_t ns = d->text_sent[i + 1] - d->text_sent[i];
+    if (ns < 2 || ns > 64)
+        return ~0ull;
+    uint64_t chosen = 0;
+    for (size_t j = 0; j < ns; j++)
+        if (uniform(&rng) < keep)
+            chosen |= 1ull << j;
+    return chosen ? chosen : 1ull << (mix(&rng) % ns);
+}
+
 /* The listed texts' n-gram ids, concatenated into *ids (grown as needed),
- * with offsets[m + 1] into them: a batch for cmr_compact_text_forward. */
-static int batch_texts(const train_data *d, const size_t *idx, size_t m, uint32_t **ids, size_t *offsets)
+ * with offsets[m + 1] into them: a batch for cmr_compact_text_forward.
+ * choice: NULL for whole texts, else each text's sentences
+ * (sentence_choice). */
+static int batch_texts(const train_data *d, const size_t *idx, size_t m, const uint64_t *choice, uint32_t **ids,
+                       size_t *offsets)
 {
     size_t total = 0;
-    for (size_t k = 0; k < m; k++) {
-        offsets[k] = total;
-        total += d->text_start[idx[k] + 1] - d->text_start[idx[k]];
+    for (int pass = 0; pass < 2; pass++) {
+        total = 0;
+        for (size_t k = 0; k < m; k++) {
+            size_t i = idx[k];
+            if (pass)
+                offsets[k] = total;
+            if (!choice || choice[k] == ~0ull) {
+                size_t n = d->text_start[i + 1] - d->text_start[i];
+                if (pass)
+                    memcpy(*ids + total, d->ids + d->text_start[i], n * sizeof **ids);
+                total += n;
+                continue;
+            }
+            for (size_t j = d->text_sent[i]; j < d->text_sent[i + 1]; j++) {
+                if (!(choice[k] >> (j - d->text_sent[i]) & 1))
+                    continue;
+                size_t n = d->sent_start[j + 1] - d->sent_start[j];
+                if (pass)
+                    memcpy(*ids + total, d->sids + d->sent_start[j], n * sizeof **ids);
+                total += n;
+            }
+        }
+        if (pass)
+            break;
+        uint32_t *grown = realloc(*ids, (total ? total : 1) * sizeof **ids);
+        if (!grown)
+            return cmr_fail(CMR_ENOMEM, "out of memory");
+        *ids = grown;
     }
     offsets[m] = total;
-    uint32_t *grown = realloc(*ids, (total ? total : 1) * sizeof **ids);
-    if (!grown)
-        return cmr_fail(CMR_ENOMEM, "out of memory");
-    *ids = grown;
-    for (size_t k = 0; k < m; k++)
-        memcpy(grown + offsets[k], d->ids + d->text_start[idx[k]], (offsets[k + 1] - offsets[k]) * sizeof *grown);
     return 0;
+}
+
+/* group[k]: the first pair of the batch showing the same n-grams as pair k
+ * (cmr_clip_loss_grouped), from batch_texts' output. */
+static void text_groups(const uint32_t *ids, const size_t *offsets, size_t m, uint32_t *group)
+{
+    for (size_t k = 0; k < m; k++) {
+        size_t n = offsets[k + 1] - offsets[k];
+        group[k] = (uint32_t)k;
+        for (size_t j = 0; j < k; j++)
+            if (offsets[j + 1] - offsets[j] == n && !memcmp(ids + offsets[j], ids + offsets[k], n * sizeof *ids)) {
+                group[k] = group[j];
+                break;
+            }
+    }
 }
 
 /* ---- validation -------------------------------------------------------------------- */
@@ -270,7 +393,7 @@ static int embed_all(const train_data *d, const float *params, const size_t *idx
 #pragma omp parallel for
         for (size_t k = 0; k < m; k++)
             make_video(d, idx[b + k], 0, 0, video + k * per);
-        if ((rc = batch_texts(d, idx + b, m, &ids, offsets)) == 0 &&
+        if ((rc = batch_texts(d, idx + b, m, NULL, &ids, offsets)) == 0 &&
             (rc = cmr_compact_video_forward(c, params, video, (int)m, img + b * E, NULL)) == 0)
             rc = cmr_compact_text_forward(c, params, ids, offsets, (int)m, txt + b * E, NULL);
     }
@@ -346,6 +469,8 @@ static void options_key(const cmr_train_options *o, char *out, size_t cap)
     snprintf(out, cap, "batch %u lr %.9g wd %.9g warmup %.9g temperature %.9g learn %d val %.9g epochs %u init %s",
              o->batch, (double)o->lr, (double)o->weight_decay, (double)o->warmup_epochs, (double)o->temperature,
              o->learn_temperature, (double)o->val_fraction, o->epochs, o->init ? o->init : "-");
+    if (o->sentence_keep < 1) /* absent when 1: checkpoints from before the option still resume */
+        snprintf(out + strlen(out), cap - strlen(out), " sentence_keep %.9g", (double)o->sentence_keep);
 }
 
 static int save_checkpoint(const char *path, const train_state *s, const cmr_train_options *o, size_t n)
@@ -439,13 +564,13 @@ static double learning_rate(const cmr_train_options *o, double lr, uint64_t step
 
 static json_t *training_record(const cmr_train_options *o, const cmr_train_result *r, double lr, const val_scores *v)
 {
-    return json_pack("{s:I, s:i, s:i, s:f, s:f, s:f, s:b, s:f, s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:f, s:s*}",
+    return json_pack("{s:I, s:i, s:i, s:f, s:f, s:f, s:b, s:f, s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:f, s:s*, s:f}",
                      "seed", (json_int_t)o->seed, "epochs_run", (int)r->epochs_run, "best_epoch", (int)r->best_epoch,
                      "lr", lr, "weight_decay", (double)o->weight_decay, "temperature", (double)o->temperature,
                      "learn_temperature", o->learn_temperature, "val_fraction", (double)o->val_fraction, "batch",
                      (int)o->batch, "patience", (int)o->patience, "train_pairs", (json_int_t)r->n_train, "val_pairs",
                      (json_int_t)r->n_val, "val_r1", v->r1, "val_r5", v->r5, "val_r10", v->r10, "seconds", r->seconds,
-                     "init", o->init);
+                     "init", o->init, "sentence_keep", (double)o->sentence_keep);
 }
 
 int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const char *out_dir, cmr_train_result *result)
@@ -458,6 +583,8 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
     uint8_t *mask = NULL;
     uint32_t *ids = NULL;
     size_t *offsets = NULL;
+    uint64_t *choice = NULL;
+    uint32_t *group = NULL;
     cmr_compact_video_cache *vcache = NULL;
     cmr_compact_text_cache *tcache = NULL;
     int rc;
@@ -466,10 +593,11 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
     if (!o.name)
         o.name = "cmrsearch-compact";
     if (o.batch < 2 || o.epochs < 1 || !(o.lr > 0) || !(o.temperature > 0) || o.val_fraction < 0 ||
-        o.val_fraction >= 1)
+        o.val_fraction >= 1 || !(o.sentence_keep > 0 && o.sentence_keep <= 1))
         return cmr_fail(CMR_EINVAL, "training options: batch %u (>= 2), epochs %u (>= 1), lr %g, temperature %g, "
-                                    "validation fraction %g (0..1)",
-                        o.batch, o.epochs, (double)o.lr, (double)o.temperature, (double)o.val_fraction);
+                                    "validation fraction %g (0..1), sentence keep %g (0 < p <= 1)",
+                        o.batch, o.epochs, (double)o.lr, (double)o.temperature, (double)o.val_fraction,
+                        (double)o.sentence_keep);
     if ((rc = start_model(&o, &c, &d.in, &s.params)) < 0)
         return rc;
     if (c.channels != 1) {
@@ -492,7 +620,8 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
         !(mask = calloc(s.total, 1)) || !(video = malloc(B * per * sizeof *video)) ||
         !(img = malloc(B * E * sizeof *img)) || !(txt = malloc(B * E * sizeof *txt)) ||
         !(d_img = malloc(B * E * sizeof *d_img)) || !(d_txt = malloc(B * E * sizeof *d_txt)) ||
-        !(offsets = malloc((B + 1) * sizeof *offsets)))
+        !(offsets = malloc((B + 1) * sizeof *offsets)) || !(choice = malloc(B * sizeof *choice)) ||
+        !(group = malloc(B * sizeof *group)))
         goto nomem;
     memcpy(s.best, s.params, s.total * sizeof *s.best);
     /* Decay the weights of convolutions and linear layers only. */
@@ -527,12 +656,21 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
 #pragma omp parallel for
             for (size_t k = 0; k < m; k++)
                 make_video(&d, order[first + k], 1, stream(o.seed, epoch, order[first + k]), video + k * per);
-            if ((rc = batch_texts(&d, order + first, m, &ids, offsets)) < 0 ||
+            for (size_t k = 0; k < m; k++)
+                choice[k] = sentence_choice(&d, order[first + k], o.sentence_keep,
+                                            stream(o.seed, 0x5e47000000ull + epoch, order[first + k]));
+            if ((rc = batch_texts(&d, order + first, m, choice, &ids, offsets)) < 0 ||
                 (rc = cmr_compact_video_forward(&c, s.params, video, (int)m, img, &vcache)) < 0 ||
                 (rc = cmr_compact_text_forward(&c, s.params, ids, offsets, (int)m, txt, &tcache)) < 0)
                 goto done;
+            /* Sampled sentences repeat within a batch ("No late gadolinium
+             * enhancement."): such pairs are each other's partners.  Whole
+             * impressions are left as before (the committed models' runs). */
+            if (o.sentence_keep < 1)
+                text_groups(ids, offsets, m, group);
             float d_ls = 0;
-            double loss = cmr_clip_loss(img, txt, (int)m, (int)E, s.params[ls], d_img, d_txt, &d_ls);
+            double loss = cmr_clip_loss_grouped(img, txt, (int)m, (int)E, s.params[ls],
+                                                o.sentence_keep < 1 ? group : NULL, d_img, d_txt, &d_ls);
             if (!isfinite(loss)) {
                 rc = cmr_fail(CMR_EINVAL, "training diverged at epoch %u step %llu (loss %g): lower --lr", epoch,
                               (unsigned long long)step, loss);
@@ -608,5 +746,7 @@ done:
     free(d_txt);
     free(ids);
     free(offsets);
+    free(choice);
+    free(group);
     return rc;
 }

@@ -517,6 +517,41 @@ static void test_loss_against_torch(void **state)
     cmr_st_close(f);
 }
 
+/* Shared texts (cmr_clip_loss_grouped) against PyTorch's soft-target
+ * cross-entropy; all-distinct groups and NULL are the plain loss, bit for bit. */
+static void test_loss_grouped(void **state)
+{
+    (void)state;
+    cmr_st_file *f = fixture();
+    size_t n, BE;
+    const float *img = ref(f, "loss_grouped.img", &BE), *txt = ref(f, "loss_grouped.txt", NULL);
+    const float *ls = ref(f, "loss_grouped.logit_scale", NULL), *gf = ref(f, "loss_grouped.group", &n);
+    assert_int_equal(n, 6);
+    assert_int_equal(BE % n, 0);
+    int B = (int)n, E = (int)(BE / n);
+    uint32_t group[6], distinct[6] = {0, 1, 2, 3, 4, 5};
+    for (size_t i = 0; i < n; i++)
+        group[i] = (uint32_t)gf[i];
+    float *d_img = malloc(BE * sizeof *d_img), *d_txt = malloc(BE * sizeof *d_txt), d_ls;
+    float *e_img = malloc(BE * sizeof *e_img), *e_txt = malloc(BE * sizeof *e_txt), e_ls;
+    assert_true(d_img && d_txt && e_img && e_txt);
+    float value = (float)cmr_clip_loss_grouped(img, txt, B, E, ls[0], group, d_img, d_txt, &d_ls);
+    expect_close("loss_grouped.value", &value, ref(f, "loss_grouped.value", NULL), 1);
+    expect_close("loss_grouped.d_img", d_img, ref(f, "loss_grouped.d_img", NULL), BE);
+    expect_close("loss_grouped.d_txt", d_txt, ref(f, "loss_grouped.d_txt", NULL), BE);
+    expect_close("loss_grouped.d_logit_scale", &d_ls, ref(f, "loss_grouped.d_logit_scale", NULL), 1);
+    /* Sharing texts changes the loss (the fixture's groups are not trivial). */
+    double plain = cmr_clip_loss(img, txt, B, E, ls[0], e_img, e_txt, &e_ls);
+    assert_true(fabs(plain - value) > 1e-3);
+    double same = cmr_clip_loss_grouped(img, txt, B, E, ls[0], distinct, d_img, d_txt, &d_ls);
+    assert_true(same == plain && d_ls == e_ls);
+    assert_memory_equal(d_img, e_img, BE * sizeof *d_img);
+    assert_memory_equal(d_txt, e_txt, BE * sizeof *d_txt);
+    assert_true(cmr_clip_loss_grouped(img, txt, B, E, ls[0], NULL, NULL, NULL, NULL) == plain);
+    free(d_img), free(d_txt), free(e_img), free(e_txt);
+    cmr_st_close(f);
+}
+
 static void test_loss_finite_differences(void **state)
 {
     (void)state;
@@ -735,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_tower_finite_differences),
         cmocka_unit_test(test_tower_errors),
         cmocka_unit_test(test_loss_against_torch),
+        cmocka_unit_test(test_loss_grouped),
         cmocka_unit_test(test_loss_finite_differences),
         cmocka_unit_test(test_loss_edges),
         cmocka_unit_test(test_adamw_against_torch),

@@ -89,6 +89,19 @@ if "$cmrsearch" search --db "$tmp/db3" --model "$tmp/g" --text "dcm" -k 1 2>"$tm
     echo "a cine+lge model without lge_frames was loaded" >&2; exit 1
 fi
 grep -q 'recipe "cine+lge" needs input.lge_frames' "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+# Sentence sampling: deterministic for the seed, recorded, and it changes
+# what is learnt; a probability of 0 is refused.
+train --out "$tmp/j" --sentence-keep 0.5 >/dev/null
+train --out "$tmp/k" --sentence-keep 0.5 >/dev/null
+cmp "$tmp/j/weights.safetensors" "$tmp/k/weights.safetensors" || { echo "sentence sampling: same seed, different weights" >&2; exit 1; }
+if cmp -s "$tmp/a/weights.safetensors" "$tmp/j/weights.safetensors"; then
+    echo "--sentence-keep 0.5 trained the same weights as whole impressions" >&2; exit 1
+fi
+grep -q '"sentence_keep": 0.5' "$tmp/j/model.json" || { echo "sentence_keep not recorded" >&2; exit 1; }
+if train --out "$tmp/l" --sentence-keep 0 2>"$tmp/err" >/dev/null; then
+    echo "--sentence-keep 0 was accepted" >&2; exit 1
+fi
+grep -q -- "--sentence-keep" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
 "$python" - "$tmp" <<'PY'
 import json, sys
 d = sys.argv[1]

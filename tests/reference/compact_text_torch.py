@@ -21,6 +21,8 @@ Deterministic (torch.manual_seed(SEED)); rerunning rewrites identical files:
                 embedding, a random d_emb and the parameter gradients
       loss.*    the symmetric InfoNCE of B=5, E=8 embeddings: value and the
                 gradients w.r.t. img, txt and logit_scale
+      loss_grouped.*  the same loss over B=6 pairs of which 3 and 2 share
+                their texts (group: each pair's text), soft targets
       adamw.*   5 steps of torch.optim.AdamW on 40 parameters, decayed by a
                 mask (two param groups): params, exp_avg, exp_avg_sq after
                 each step
@@ -336,6 +338,38 @@ def loss_case(prefix, b, e, scale):
     return out
 
 
+def clip_loss_grouped(img, txt, logit_scale, group):
+    """The same with shared texts: pairs whose texts are one (equal group)
+    are each other's partners, the target of every row and column spread
+    evenly over them (soft-target cross-entropy)."""
+    i, t = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    logits = logit_scale.exp() * i @ t.t()
+    g = torch.tensor(group)
+    same = (g[:, None] == g[None, :]).to(logits.dtype)
+    target = same / same.sum(dim=1, keepdim=True)
+    row = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    col = -(target * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+    return row + col
+
+
+def loss_grouped_case(prefix, group, e, scale):
+    b = len(group)
+    img32, txt32 = torch.randn(b, e), torch.randn(b, e) * 3
+    ls32 = torch.tensor([scale], dtype=torch.float32)
+    res = {}
+    for dt in (torch.float64, torch.float32):
+        img, txt, ls = (x.to(dt).requires_grad_() for x in (img32, txt32, ls32))
+        value = clip_loss_grouped(img, txt, ls[0], group)
+        value.backward()
+        res[dt] = {"value": value.detach().reshape(1), "d_img": img.grad, "d_txt": txt.grad,
+                   "d_logit_scale": ls.grad}
+    report(prefix, res)
+    out = {prefix + "img": img32, prefix + "txt": txt32, prefix + "logit_scale": ls32,
+           prefix + "group": torch.tensor(group, dtype=torch.float32)}
+    out.update({prefix + k: v.float() for k, v in res[torch.float64].items()})
+    return out
+
+
 # ----------------------------------------------------------------------------
 # AdamW
 
@@ -411,6 +445,9 @@ def main():
     out.update(loss_case("loss.", 5, 8, math.log(1 / 0.05)))
     out.update(loss_case("loss_small_scale.", 5, 8, -0.7))
     out.update(adamw())
+    # after everything else: the earlier cases' random inputs stay as they were
+    torch.manual_seed(SEED + 2)
+    out.update(loss_grouped_case("loss_grouped.", [0, 1, 0, 3, 1, 0], 8, math.log(1 / 0.05)))
     write_safetensors(os.path.join(OUT, "compact_text.safetensors"), out)
     print("wrote %s (%d golden cases, %d tensors)" % (OUT, len(g["cases"]), len(out)))
 
