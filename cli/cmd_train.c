@@ -45,6 +45,8 @@ static const char usage[] =
     "  --sentence-keep P   each step shows each sentence of an impression with\n"
     "                      probability P, at least one (default 1: the whole\n"
     "                      impression); short queries look like single sentences\n"
+    "  --share-texts       pairs of a step showing the same text are each other's\n"
+    "                      partners in the loss, not each other's negatives\n"
     "  --patience N        stop after N epochs without a better validation R@10\n"
     "  --checkpoint FILE   save the state after every epoch; resume from it\n"
     "  --threads N         threads for reading the studies (default: all CPUs)\n";
@@ -224,7 +226,7 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
     const char *db = NULL, *out_dir = NULL, *init = NULL, *epochs = NULL, *batch = NULL, *lr = NULL, *wd = NULL,
                *temp = NULL, *valf = NULL, *patience = NULL, *seed = NULL, *name = NULL, *checkpoint = NULL,
                *threads_text = NULL, *frames = NULL, *lge_frames = NULL, *resize = NULL, *sentence_keep = NULL;
-    int learn_temp = 0, cont = 0;
+    int learn_temp = 0, cont = 0, share_texts = 0;
     const char *model_path = NULL;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},           {"out", 0, &out_dir, NULL},        {"init", 0, &init, NULL},
@@ -235,7 +237,7 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
         {"checkpoint", 0, &checkpoint, NULL}, {"threads", 0, &threads_text, NULL},
         {"learn-temperature", 0, NULL, &learn_temp}, {"json", 0, NULL, &cli->json},
         {"continue", 0, NULL, &cont},   {"model", 0, &model_path, NULL},
-        {"sentence-keep", 0, &sentence_keep, NULL},
+        {"sentence-keep", 0, &sentence_keep, NULL}, {"share-texts", 0, NULL, &share_texts},
     };
     const char *extra[1];
     size_t n_extra;
@@ -305,6 +307,7 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
         (rc = parse_float("--sentence-keep", sentence_keep, 0.01, 1, &o.sentence_keep)))
         return rc;
     o.learn_temperature = learn_temp;
+    o.share_texts = share_texts;
     o.checkpoint = checkpoint;
     o.progress = on_train_progress;
     o.progress_user = cli;

@@ -126,6 +126,8 @@ typedef struct cmr_train_options {
     unsigned patience;            /* epochs without a better validation R@10 before stopping (default 5) */
     float sentence_keep;          /* text augmentation: each sentence of an impression kept with this
                                      probability per step, at least one (default 1: whole impressions) */
+    int share_texts;              /* pairs of a batch showing the same text are each other's partners
+                                     (cmr_clip_loss_grouped); 0: the diagonal alone (default) */
     uint64_t seed;
     const char *checkpoint;       /* resumable state file; NULL: none */
     void (*progress)(void *user, const cmr_train_progress *p);

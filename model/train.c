@@ -469,8 +469,11 @@ static void options_key(const cmr_train_options *o, char *out, size_t cap)
     snprintf(out, cap, "batch %u lr %.9g wd %.9g warmup %.9g temperature %.9g learn %d val %.9g epochs %u init %s",
              o->batch, (double)o->lr, (double)o->weight_decay, (double)o->warmup_epochs, (double)o->temperature,
              o->learn_temperature, (double)o->val_fraction, o->epochs, o->init ? o->init : "-");
-    if (o->sentence_keep < 1) /* absent when 1: checkpoints from before the option still resume */
+    /* Absent at their defaults: checkpoints from before the options still resume. */
+    if (o->sentence_keep < 1)
         snprintf(out + strlen(out), cap - strlen(out), " sentence_keep %.9g", (double)o->sentence_keep);
+    if (o->share_texts)
+        snprintf(out + strlen(out), cap - strlen(out), " share_texts");
 }
 
 static int save_checkpoint(const char *path, const train_state *s, const cmr_train_options *o, size_t n)
@@ -564,13 +567,14 @@ static double learning_rate(const cmr_train_options *o, double lr, uint64_t step
 
 static json_t *training_record(const cmr_train_options *o, const cmr_train_result *r, double lr, const val_scores *v)
 {
-    return json_pack("{s:I, s:i, s:i, s:f, s:f, s:f, s:b, s:f, s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:f, s:s*, s:f}",
+    return json_pack("{s:I, s:i, s:i, s:f, s:f, s:f, s:b, s:f, s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:f, s:s*, s:f, s:b}",
                      "seed", (json_int_t)o->seed, "epochs_run", (int)r->epochs_run, "best_epoch", (int)r->best_epoch,
                      "lr", lr, "weight_decay", (double)o->weight_decay, "temperature", (double)o->temperature,
                      "learn_temperature", o->learn_temperature, "val_fraction", (double)o->val_fraction, "batch",
                      (int)o->batch, "patience", (int)o->patience, "train_pairs", (json_int_t)r->n_train, "val_pairs",
                      (json_int_t)r->n_val, "val_r1", v->r1, "val_r5", v->r5, "val_r10", v->r10, "seconds", r->seconds,
-                     "init", o->init, "sentence_keep", (double)o->sentence_keep);
+                     "init", o->init, "sentence_keep", (double)o->sentence_keep, "share_texts",
+                     o->share_texts);
 }
 
 int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const char *out_dir, cmr_train_result *result)
@@ -664,13 +668,13 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
                 (rc = cmr_compact_text_forward(&c, s.params, ids, offsets, (int)m, txt, &tcache)) < 0)
                 goto done;
             /* Sampled sentences repeat within a batch ("No late gadolinium
-             * enhancement."): such pairs are each other's partners.  Whole
-             * impressions are left as before (the committed models' runs). */
-            if (o.sentence_keep < 1)
+             * enhancement."): with share_texts such pairs are each other's
+             * partners. */
+            if (o.share_texts)
                 text_groups(ids, offsets, m, group);
             float d_ls = 0;
-            double loss = cmr_clip_loss_grouped(img, txt, (int)m, (int)E, s.params[ls],
-                                                o.sentence_keep < 1 ? group : NULL, d_img, d_txt, &d_ls);
+            double loss = cmr_clip_loss_grouped(img, txt, (int)m, (int)E, s.params[ls], o.share_texts ? group : NULL,
+                                                d_img, d_txt, &d_ls);
             if (!isfinite(loss)) {
                 rc = cmr_fail(CMR_EINVAL, "training diverged at epoch %u step %llu (loss %g): lower --lr", epoch,
                               (unsigned long long)step, loss);

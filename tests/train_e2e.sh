@@ -98,6 +98,9 @@ if cmp -s "$tmp/a/weights.safetensors" "$tmp/j/weights.safetensors"; then
     echo "--sentence-keep 0.5 trained the same weights as whole impressions" >&2; exit 1
 fi
 grep -q '"sentence_keep": 0.5' "$tmp/j/model.json" || { echo "sentence_keep not recorded" >&2; exit 1; }
+train --out "$tmp/m" --sentence-keep 0.2 --share-texts >/dev/null
+grep -q '"share_texts": true' "$tmp/m/model.json" || { echo "share_texts not recorded" >&2; exit 1; }
+grep -q '"share_texts": false' "$tmp/j/model.json" || { echo "share_texts recorded wrongly" >&2; exit 1; }
 if train --out "$tmp/l" --sentence-keep 0 2>"$tmp/err" >/dev/null; then
     echo "--sentence-keep 0 was accepted" >&2; exit 1
 fi
