@@ -44,7 +44,8 @@ static const char usage[] =
     "  --learn-temperature learn it instead\n"
     "  --sentence-keep P   each step shows each sentence of an impression with\n"
     "                      probability P, at least one (default 1: the whole\n"
-    "                      impression); short queries look like single sentences\n"
+    "                      impression; a fine-tune: its model's, from model.json);\n"
+    "                      short queries look like single sentences\n"
     "  --share-texts       pairs of a step showing the same text are each other's\n"
     "                      partners in the loss, not each other's negatives\n"
     "  --patience N        stop after N epochs without a better validation R@10\n"
@@ -221,6 +222,20 @@ static int parse_float(const char *option, const char *text, double lo, double h
     return 0;
 }
 
+/* The sentence sampling a compact model was trained with (model.json's
+ * training.sentence_keep), 1 when it records none: a fine-tune keeps its
+ * model's text augmentation unless --sentence-keep says otherwise. */
+static float recorded_sentence_keep(const char *model_dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.json", model_dir);
+    json_t *doc = json_load_file(path, 0, NULL);
+    json_t *v = json_object_get(json_object_get(doc, "training"), "sentence_keep");
+    double keep = json_is_number(v) ? json_number_value(v) : 1;
+    json_decref(doc);
+    return keep > 0 && keep <= 1 ? (float)keep : 1.0f;
+}
+
 int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *out_dir = NULL, *init = NULL, *epochs = NULL, *batch = NULL, *lr = NULL, *wd = NULL,
@@ -276,8 +291,10 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
         o.epochs = 5; /* a fine-tune: a few passes over the pairs */
     }
     o.init = init;
-    if (init)
+    if (init) {
         o.lr = 2e-4f;
+        o.sentence_keep = recorded_sentence_keep(init);
+    }
     uint64_t v;
     if (name)
         o.name = name;

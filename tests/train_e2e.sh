@@ -101,6 +101,11 @@ grep -q '"sentence_keep": 0.5' "$tmp/j/model.json" || { echo "sentence_keep not 
 train --out "$tmp/m" --sentence-keep 0.2 --share-texts >/dev/null
 grep -q '"share_texts": true' "$tmp/m/model.json" || { echo "share_texts not recorded" >&2; exit 1; }
 grep -q '"share_texts": false' "$tmp/j/model.json" || { echo "share_texts recorded wrongly" >&2; exit 1; }
+# A fine-tune keeps its model's sentence sampling unless told otherwise.
+train --init "$tmp/j" --out "$tmp/n" >/dev/null
+train --init "$tmp/j" --out "$tmp/o" --sentence-keep 1 >/dev/null
+grep -q '"sentence_keep": 0.5' "$tmp/n/model.json" || { echo "the fine-tune did not keep sentence_keep" >&2; exit 1; }
+grep -q '"sentence_keep": 1' "$tmp/o/model.json" || { echo "--sentence-keep 1 was not applied" >&2; exit 1; }
 if train --out "$tmp/l" --sentence-keep 0 2>"$tmp/err" >/dev/null; then
     echo "--sentence-keep 0 was accepted" >&2; exit 1
 fi
