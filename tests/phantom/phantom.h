@@ -10,7 +10,7 @@
 #include "phantom_rng.h"
 #include "render.h"
 
-#define CMR_PHANTOM_VERSION "2"
+#define CMR_PHANTOM_VERSION "3"
 #define CMR_UID_LEN 65
 
 enum cmr_vendor { CMR_V_SIEMENS, CMR_V_GE, CMR_V_PHILIPS, CMR_V_COUNT };

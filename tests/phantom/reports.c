@@ -271,10 +271,16 @@ void cmr_report_text(cmr_rng *r, const cmr_study *s, int dx, char *fnd, size_t f
     int ne = 0;
     if (dx == CMR_DX_HCM && has_lge)
         extra[ne++] = cmr_rng_chance(r, 0.5) ? "Patchy mid-wall {lge} at the RV insertion points." : "Patchy {myo} fibrosis in the hypertrophied segments.";
-    if ((dx == CMR_DX_HCM || dx == CMR_DX_DCM || dx == CMR_DX_FABRY || dx == CMR_DX_LVNC || dx == CMR_DX_NORMAL) && !has_lge)
+    /* Reports state the LGE finding either way (SCMR reporting guidance);
+     * until generator version 3, ARVC reports never did. */
+    if ((dx == CMR_DX_HCM || dx == CMR_DX_DCM || dx == CMR_DX_FABRY || dx == CMR_DX_LVNC || dx == CMR_DX_NORMAL ||
+         dx == CMR_DX_ARVC) &&
+        !has_lge)
         extra[ne++] = cmr_rng_chance(r, 0.5) ? "No late gadolinium enhancement." : "No {lge} to suggest replacement fibrosis or infarction.";
     if (dx == CMR_DX_DCM && has_lge)
         extra[ne++] = "Septal mid-wall {lge} (non-{isch} pattern).";
+    if (dx == CMR_DX_ARVC && has_lge)
+        extra[ne++] = "Subepicardial {lge} of the inferolateral wall, indicating left ventricular involvement.";
     if (dx == CMR_DX_ICM)
         extra[ne++] = strstr(v.trans, "sub") || strstr(v.trans, "partial") ? "The affected segments are viable (less than 50% transmural scar)."
                                                                            : "The infarcted segments are non-viable.";
