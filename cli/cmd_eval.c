@@ -476,6 +476,55 @@ done:
     return rc;
 }
 
+/* The AUC inside each class that has studies on both sides of finding f,
+ * and their mean weighted by class size.  A prompt can reach a high pooled
+ * AUC by ranking diagnoses (every amyloidosis has LGE, no normal study
+ * has) without seeing the finding; this says whether it does within HCM or
+ * DCM too.  scores/pos are the n finding_json rows, in image-set order. */
+static int set_within_class_auc(const eval_ctx *e, const image_set *s, json_t *obj, int f,
+                                const float *scores, const int *pos, size_t n)
+{
+    float *cs = malloc((n ? n : 1) * sizeof *cs);
+    int *cp = malloc((n ? n : 1) * sizeof *cp);
+    json_t *list = json_array();
+    if (!cs || !cp || !list) {
+        free(cs);
+        free(cp);
+        json_decref(list);
+        return cmr_fail(CMR_ENOMEM, "out of memory for the within-class AUC");
+    }
+    double weighted = 0;
+    size_t covered = 0;
+    for (size_t c = 0; c < e->lab.n_classes; c++) {
+        size_t m = 0, row = 0, n_pos = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            if (e->finding[s->idx[i]][f] < 0)
+                continue; /* finding_json skipped it too: rows stay aligned */
+            if (s->cls[i] == (int)c) {
+                cs[m] = scores[row];
+                cp[m] = pos[row];
+                n_pos += cp[m] != 0;
+                m++;
+            }
+            row++;
+        }
+        if (!n_pos || n_pos == m)
+            continue;
+        double auc = eval_auc(cs, cp, m);
+        weighted += auc * (double)m;
+        covered += m;
+        json_array_append_new(list, json_pack("{s:s, s:I, s:I, s:o}", "label", e->lab.label[c], "n_pos",
+                                              (json_int_t)n_pos, "n_neg", (json_int_t)(m - n_pos), "auc",
+                                              num(auc)));
+    }
+    json_object_set_new(obj, "within_class",
+                        json_pack("{s:o, s:I, s:o}", "auc_weighted", num(covered ? weighted / (double)covered : NAN),
+                                  "n", (json_int_t)covered, "classes", list));
+    free(cs);
+    free(cp);
+    return 0;
+}
+
 /* Score every labelled image against prompts; positives by finding f
  * (negate: the finding's absence is the positive, for negation prompts). */
 static json_t *finding_json(eval_ctx *e, cmr_model *m, const image_set *s, int f, int negate,
@@ -498,6 +547,8 @@ static json_t *finding_json(eval_ctx *e, cmr_model *m, const image_set *s, int f
         }
         obj = json_pack("{s:O}", "prompts", prompts);
         set_auc(obj, scores, pos, n);
+        if (negate)
+            *rc = set_within_class_auc(e, s, obj, f, scores, pos, n);
     }
     free(mean);
     free(tmp);

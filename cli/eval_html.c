@@ -91,6 +91,21 @@ static void table_finding(FILE *out, const json_t *f)
             fmt(a, 32, jd(f, "auc"), 3), js(f, "rule"));
 }
 
+static void table_within_class(FILE *out, const json_t *w)
+{
+    char a[32];
+    if (!w || !json_array_size(json_object_get(w, "classes")))
+        return;
+    fprintf(out, "  within a diagnosis (%lld studies): AUC %s weighted;", ji(w, "n"),
+            fmt(a, 32, jd(w, "auc_weighted"), 3));
+    size_t i;
+    const json_t *v;
+    json_array_foreach(json_object_get(w, "classes"), i, v)
+        fprintf(out, " %s %s (%lld/%lld)", js(v, "label"), fmt(a, 32, jd(v, "auc"), 3), ji(v, "n_pos"),
+                ji(v, "n_neg"));
+    fputc('\n', out);
+}
+
 void eval_print_table(FILE *out, const json_t *doc)
 {
     char a[32], b[32];
@@ -142,6 +157,7 @@ void eval_print_table(FILE *out, const json_t *doc)
                     json_string_value(json_array_get(
                         json_object_get(json_object_get(doc, "negation"), "prompts"), 0)));
             table_finding(out, json_object_get(doc, "negation"));
+            table_within_class(out, json_object_get(json_object_get(doc, "negation"), "within_class"));
         }
     }
 
@@ -512,6 +528,21 @@ static void html_findings(FILE *f, const json_t *doc)
                 ji(v, "n_pos"), ji(v, "n_neg"), fmt(a, 32, jd(v, "auc"), 3));
         esc(f, js(v, "rule"));
         fputs("</td></tr>\n", f);
+    }
+    const json_t *w = neg ? json_object_get(neg, "within_class") : NULL;
+    if (w && json_array_size(json_object_get(w, "classes"))) {
+        char a[32];
+        const json_t *c;
+        json_array_foreach(json_object_get(w, "classes"), i, c) {
+            fputs("<tr><td>&nbsp;&nbsp;within ", f);
+            esc(f, js(c, "label"));
+            fprintf(f, "</td><td>%lld</td><td>%lld</td><td>%s</td><td class=\"l\">the negation prompt among "
+                       "one diagnosis' studies</td></tr>\n",
+                    ji(c, "n_pos"), ji(c, "n_neg"), fmt(a, 32, jd(c, "auc"), 3));
+        }
+        fprintf(f, "<tr><td>&nbsp;&nbsp;within, weighted</td><td colspan=\"2\">%lld studies</td><td>%s</td>"
+                   "<td class=\"l\">0.5: LGE told apart only through the diagnosis</td></tr>\n",
+                ji(w, "n"), fmt(a, 32, jd(w, "auc_weighted"), 3));
     }
     fputs("</table></div></section>\n", f);
     json_decref(all);

@@ -301,6 +301,19 @@ static void write_text(const char *path, const char *text)
     assert_int_equal(fclose(f), 0);
 }
 
+/* Case i's vectors, in case order from *rng = 42: three clusters. */
+static void case_vectors(int i, unsigned dim, uint64_t *rng, float *image, float *text)
+{
+    for (unsigned d = 0; d < dim; d++) {
+        image[d] = (d == (unsigned)(i % 3) ? 3.0f : 0.0f) + 0.4f * test_gauss(rng);
+        text[d] = image[d] + 0.3f * test_gauss(rng);
+    }
+}
+
+/* Whether truth.json gives case i late enhancement: never the normals, half
+ * of the DCMs, every HCM. */
+static int case_has_lge(int i) { return i % 3 == 1 || (i % 3 == 2 && i % 6 == 5); }
+
 /* A store bound to model (name, hash, dim) with N_CASES cases in three
  * clusters, two studies per patient, case 0 without an impression vector. */
 static void build_store(const char *db, const char *name, const char *hash, unsigned dim)
@@ -319,10 +332,7 @@ static void build_store(const char *db, const char *name, const char *hash, unsi
         char uid[32], patient[32];
         snprintf(uid, sizeof uid, "1.2.3.%d", i);
         snprintf(patient, sizeof patient, "P%d", i / 2);
-        for (unsigned d = 0; d < dim; d++) {
-            image[d] = (d == (unsigned)c ? 3.0f : 0.0f) + 0.4f * test_gauss(&rng);
-            text[d] = image[d] + 0.3f * test_gauss(&rng);
-        }
+        case_vectors(i, dim, &rng, image, text);
         cmr_diagnosis dx = {.code = dx_codes[c], .system = "ICD-10", .label = dx_labels[c]};
         cmr_case rec = {.study_uid = uid, .age_years = -1, .n_diagnoses = 1, .diagnoses = &dx,
                         .impression = "impression", .has_patient_key = 1};
@@ -353,7 +363,7 @@ static void write_labels(fixture *f)
             "{s:s, s:s, s:s, s:{s:f, s:f, s:f, s:f, s:f, s:s}}", "study_uid", uid, "diagnosis",
             i == N_CASES ? "fabry" : dx_keys[c], "sex", i % 2 ? "F" : "M", "params", "lvef", c == 2 ? 0.3 : 0.62, "rvef",
             0.55, "lvedv_ml", c == 2 ? 250.0 : 110.0, "rvedv_ml", 100.0, "max_wall_mm",
-            c == 1 ? 20.0 : 8.0, "lge_pattern", c == 0 ? "none" : "septal_midwall"));
+            c == 1 ? 20.0 : 8.0, "lge_pattern", case_has_lge(i) ? "septal_midwall" : "none"));
         snprintf(line, sizeof line, "%s,%s\n", uid, c ? "sick" : "well");
         strcat(csv, line);
     }
@@ -479,6 +489,57 @@ static void test_eval_without_model(void **state)
     assert_int_equal(num_at(f->doc, "precision_at_k", "k"), 5);
 }
 
+/* Only DCM has studies on both sides of LGE: its within-class AUC must be
+ * the prompt's AUC over the DCM cases alone, recomputed here from the
+ * vectors and the model by pair counting. */
+static void check_within_class(const json_t *neg)
+{
+    const json_t *w = json_object_get(neg, "within_class");
+    assert_non_null(w);
+    assert_int_equal(json_array_size(json_object_get(w, "classes")), 1);
+    const json_t *dcm = json_array_get(json_object_get(w, "classes"), 0);
+    assert_string_equal(json_string_value(json_object_get(dcm, "label")), "dcm");
+    assert_int_equal(json_integer_value(json_object_get(dcm, "n_pos")), 5);
+    assert_int_equal(json_integer_value(json_object_get(dcm, "n_neg")), 5);
+    assert_int_equal(json_integer_value(json_object_get(w, "n")), 10);
+
+    cmr_model *m;
+    assert_int_equal(cmr_model_open(SMALL_MODEL, &m), 0);
+    unsigned dim = cmr_model_dim(m);
+    float *image = malloc(dim * sizeof *image), *text = malloc(dim * sizeof *text);
+    float *prompt = malloc(dim * sizeof *prompt);
+    assert_non_null(image);
+    assert_non_null(text);
+    assert_non_null(prompt);
+    assert_int_equal(cmr_model_encode_text(m, "no late gadolinium enhancement", prompt), 0);
+    double absent[N_CASES], present[N_CASES];
+    int n_absent = 0, n_present = 0;
+    uint64_t rng = 42;
+    for (int i = 0; i < N_CASES; i++) {
+        case_vectors(i, dim, &rng, image, text);
+        if (i % 3 != 2)
+            continue;
+        double dot = 0, norm = 0;
+        for (unsigned d = 0; d < dim; d++)
+            dot += (double)image[d] * prompt[d], norm += (double)image[d] * image[d];
+        if (case_has_lge(i))
+            present[n_present++] = dot / sqrt(norm);
+        else
+            absent[n_absent++] = dot / sqrt(norm);
+    }
+    double wins = 0;
+    for (int a = 0; a < n_absent; a++)
+        for (int b = 0; b < n_present; b++)
+            wins += absent[a] > present[b] ? 1 : absent[a] == present[b] ? 0.5 : 0;
+    double want = wins / (n_absent * n_present);
+    assert_float_equal(json_number_value(json_object_get(dcm, "auc")), want, 1e-9);
+    assert_float_equal(json_number_value(json_object_get(w, "auc_weighted")), want, 1e-9);
+    free(image);
+    free(text);
+    free(prompt);
+    cmr_model_close(m);
+}
+
 static void test_eval_with_model_and_truth(void **state)
 {
     fixture *f = *state;
@@ -505,13 +566,15 @@ static void test_eval_with_model_and_truth(void **state)
     assert_int_equal(json_array_size(json_object_get(d, "findings")), EVAL_N_FINDINGS);
     const json_t *lge = json_array_get(json_object_get(d, "findings"), EVAL_F_LGE);
     assert_string_equal(json_string_value(json_object_get(lge, "name")), "lge");
-    assert_int_equal(json_integer_value(json_object_get(lge, "n_pos")), 20);
+    /* the 10 HCMs and the 5 DCMs with enhancement; the fabry is not stored */
+    assert_int_equal(json_integer_value(json_object_get(lge, "n_pos")), 15);
     const json_t *neg = json_object_get(d, "negation");
-    assert_int_equal(json_integer_value(json_object_get(neg, "n_pos")), 10);
+    assert_int_equal(json_integer_value(json_object_get(neg, "n_pos")), 15);
     /* the absent-LGE prompt's AUC mirrors a score, so it lies in [0, 1] */
     double auc = json_number_value(json_object_get(neg, "auc"));
     assert_true(auc >= 0 && auc <= 1);
     assert_non_null(path(neg, "roc", "fpr"));
+    check_within_class(neg);
     /* one labelled study is not in the store */
     assert_contains(json_string_value(json_array_get(json_object_get(d, "notes"), 0)),
                     "not in the store");
