@@ -37,6 +37,9 @@ static const char usage[] =
     "  --resize N          a new model's frames are resized to N x N before the\n"
     "                      centre crop of 64 (default 96: two thirds of the field\n"
     "                      of view; larger crops closer around the heart)\n"
+    "  --lexicon L         a new model's text lexicon: cmr-v1 (default) or cmr-v2,\n"
+    "                      where \"non\" negates the next word (\"non-ischemic\";\n"
+    "                      docs/compact-model.md)\n"
     "  --epochs N          at most N epochs (default 30)\n"
     "  --batch N           pairs per step (default 32)\n"
     "  --lr X              peak learning rate (warm-up 1 epoch, cosine decay)\n"
@@ -240,12 +243,14 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *out_dir = NULL, *init = NULL, *epochs = NULL, *batch = NULL, *lr = NULL, *wd = NULL,
                *temp = NULL, *valf = NULL, *patience = NULL, *seed = NULL, *name = NULL, *checkpoint = NULL,
-               *threads_text = NULL, *frames = NULL, *lge_frames = NULL, *resize = NULL, *sentence_keep = NULL;
+               *threads_text = NULL, *frames = NULL, *lge_frames = NULL, *resize = NULL, *sentence_keep = NULL,
+               *lexicon = NULL;
     int learn_temp = 0, cont = 0, share_texts = 0;
     const char *model_path = NULL;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},           {"out", 0, &out_dir, NULL},        {"init", 0, &init, NULL},
         {"frames", 0, &frames, NULL},   {"lge-frames", 0, &lge_frames, NULL}, {"resize", 0, &resize, NULL},
+        {"lexicon", 0, &lexicon, NULL},
         {"epochs", 0, &epochs, NULL},   {"batch", 0, &batch, NULL},        {"lr", 0, &lr, NULL},
         {"weight-decay", 0, &wd, NULL}, {"temperature", 0, &temp, NULL},   {"val-fraction", 0, &valf, NULL},
         {"patience", 0, &patience, NULL}, {"seed", 0, &seed, NULL},        {"name", 0, &name, NULL},
@@ -298,9 +303,13 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
     uint64_t v;
     if (name)
         o.name = name;
-    if ((frames || lge_frames || resize) && init)
+    if ((frames || lge_frames || resize || lexicon) && init)
         return cmr_fail(CMR_EINVAL, "--%s applies to a new model; a fine-tuned one keeps --init's input",
-                        frames ? "frames" : lge_frames ? "lge-frames" : "resize");
+                        frames ? "frames" : lge_frames ? "lge-frames" : resize ? "resize" : "lexicon");
+    if (lexicon && strcmp(lexicon, "cmr-v1") && strcmp(lexicon, "cmr-v2"))
+        return cmr_fail(CMR_EINVAL, "--lexicon %s: cmr-v1 or cmr-v2", lexicon);
+    if (lexicon)
+        o.lexicon = strcmp(lexicon, "cmr-v1") ? 2 : 1;
     if (frames && !(rc = cmr_cli_parse_u64("--frames", frames, 4, 256, &v)))
         o.frames = (unsigned)v;
     if (!rc && lge_frames && !(rc = cmr_cli_parse_u64("--lge-frames", lge_frames, 0, 255, &v)))

@@ -21,7 +21,7 @@ void cmr_compact_config_default(cmr_compact_config *c)
     c->text_hidden = 256;
     c->max_n = 3;
     c->max_words = 512;
-    c->lexicon = 1;
+    c->lexicon = 1; /* "cmr-v1"; train --lexicon cmr-v2 for the other */
     c->embed_dim = 128;
 }
 
@@ -50,8 +50,8 @@ int cmr_compact_config_check(const cmr_compact_config *c)
     RANGE(max_words, 1, 1 << 16)
     RANGE(embed_dim, 1, 4096)
 #undef RANGE
-    if (c->lexicon != 0 && c->lexicon != 1)
-        return cmr_fail(CMR_EFORMAT, "compact model: lexicon is %d, expected 0 or 1", c->lexicon);
+    if (c->lexicon < 0 || c->lexicon > 2)
+        return cmr_fail(CMR_EFORMAT, "compact model: lexicon is %d, expected 0, 1 or 2", c->lexicon);
     if (c->spatial_max != 0 && c->spatial_max != 1)
         return cmr_fail(CMR_EFORMAT, "compact model: spatial_max is %d, expected 0 or 1", c->spatial_max);
     if (c->frames % 4)

@@ -25,7 +25,7 @@ typedef struct cmr_compact_config {
     int video_hidden;                         /* 256 */
     int text_buckets, text_dim, text_hidden;  /* 16384, 128, 256 */
     int max_n, max_words;                     /* 3, 512 */
-    int lexicon;                              /* 1: the clinical lexicon "cmr-v1" before n-grams */
+    int lexicon;                              /* 1: the clinical lexicon "cmr-v1" before n-grams; 2: "cmr-v2", with "non" negating the next word */
     int embed_dim;                            /* 128 */
 } cmr_compact_config;
 

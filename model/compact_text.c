@@ -62,6 +62,10 @@ static int word_is(const unsigned char *w, size_t len, const char *const *list)
 }
 
 static const char *const neg_triggers[] = {"no", "not", "without", "absent", "absence", "negative", "none", NULL};
+/* Lexicon "cmr-v2": "non" negates the one word after it.  "Non-ischemic
+ * cardiomyopathy" (and NICM) otherwise holds the very n-gram of "ischemic
+ * cardiomyopathy", the two diagnoses CMR-CLIP tells apart. */
+static const char *const neg_prefix[] = {"non", NULL};
 static const char *const neg_ends[] = {"but", "however", "although", "though", "except", "apart", "yet", NULL};
 
 /* The clinical lexicon "cmr-v1" (docs/compact-model.md, "Text tower"):
@@ -168,13 +172,15 @@ int cmr_compact_ngrams(const cmr_compact_config *c, const char *text, size_t len
      * the ids come out start-major (for each word, n = 1..max_n). */
     word ring[MAX_N];
     size_t head = 0, queued = 0, words = 0, pos = 0, total = 0;
-    int scope = 0; /* words left in the current negation's scope */
+    int scope = 0;  /* words left in the current negation's scope */
+    int prefix = 0; /* cmr-v2: the next word follows "non" */
     const char *pending = NULL; /* the rest of a lexicon entry's canonical words */
     for (;;) {
         while (queued < max_n && words < max_words) {
             const unsigned char *wp;
             size_t wlen;
-            int marker = 0; /* a negation trigger or a scope's end: never in a scope itself */
+            int marker = 0; /* a negation trigger, "non" or a scope's end: never in a scope itself */
+            int negated = 0;
             if (pending) {
                 wp = (const unsigned char *)pending;
                 wlen = strcspn(pending, " ");
@@ -182,7 +188,7 @@ int cmr_compact_ngrams(const cmr_compact_config *c, const char *text, size_t len
             } else {
                 while (pos < len && !is_word_byte(s[pos])) {
                     if (ends_scope(s[pos]))
-                        scope = 0;
+                        scope = 0, prefix = 0;
                     pos++;
                 }
                 if (pos == len)
@@ -194,18 +200,24 @@ int cmr_compact_ngrams(const cmr_compact_config *c, const char *text, size_t len
                 wlen = pos - start;
                 const char *canonical;
                 if (word_is(wp, wlen, neg_triggers))
-                    scope = NEG_SCOPE, marker = 1;
+                    scope = NEG_SCOPE, prefix = 0, marker = 1;
                 else if (word_is(wp, wlen, neg_ends))
-                    scope = 0, marker = 1;
+                    scope = 0, prefix = 0, marker = 1;
                 else if (c->lexicon && (canonical = lexicon_lookup(wp, wlen))) {
                     wp = (const unsigned char *)canonical;
                     wlen = strcspn(canonical, " ");
                     pending = canonical[wlen] ? canonical + wlen + 1 : NULL;
                 }
             }
-            int negated = 0;
-            if (!marker && scope > 0)
-                negated = 1, scope--;
+            /* A lexicon entry's canonical words may hold "non" too (NICM). */
+            if (!marker && c->lexicon >= 2 && word_is(wp, wlen, neg_prefix))
+                prefix = 1, marker = 1;
+            else if (!marker) {
+                negated = scope > 0 || prefix;
+                if (scope > 0)
+                    scope--;
+                prefix = 0;
+            }
             ring[(head + queued) % max_n] = (word){wp, wlen, negated};
             queued++;
             words++;

@@ -157,25 +157,53 @@ static void test_ngrams_golden(void **state)
     json_decref(g);
 }
 
+/* x and y give the same n n-gram ids. */
+static void assert_same_ngrams(const cmr_compact_config *c, const char *x, const char *y, size_t n)
+{
+    uint32_t a[16], b[16];
+    size_t na, nb;
+    assert_int_equal(cmr_compact_ngrams(c, x, strlen(x), a, 16, &na), 0);
+    assert_int_equal(cmr_compact_ngrams(c, y, strlen(y), b, 16, &nb), 0);
+    assert_int_equal(na, n);
+    assert_int_equal(nb, n);
+    assert_memory_equal(a, b, sizeof *a * n);
+}
+
+/* Pairs (i, j) with a[i] == b[j]. */
+static size_t shared_ids(const uint32_t *a, size_t na, const uint32_t *b, size_t nb)
+{
+    size_t shared = 0;
+    for (size_t i = 0; i < na; i++)
+        for (size_t j = 0; j < nb; j++)
+            shared += a[i] == b[j];
+    return shared;
+}
+
 static void test_ngrams_properties(void **state)
 {
     (void)state;
     cmr_compact_config c;
     cmr_compact_config_default(&c);
-    assert_int_equal(c.lexicon, 1); /* new models use the lexicon */
+    assert_int_equal(c.lexicon, 1); /* new models use the lexicon ("cmr-v1" unless train --lexicon) */
     uint32_t a[16], b[16];
     size_t na, nb;
     /* The lexicon: an abbreviation and its words are one thing, in a negation's scope too. */
-    assert_int_equal(cmr_compact_ngrams(&c, "No LGE", 6, a, 16, &na), 0);
-    assert_int_equal(cmr_compact_ngrams(&c, "no late gadolinium enhancement", 30, b, 16, &nb), 0);
-    assert_int_equal(na, 4 + 3 + 2);
-    assert_int_equal(nb, na);
-    assert_memory_equal(a, b, sizeof *a * na);
-    assert_int_equal(cmr_compact_ngrams(&c, "RV enlarged", 11, a, 16, &na), 0);
-    assert_int_equal(cmr_compact_ngrams(&c, "right ventricular dilation", 26, b, 16, &nb), 0);
-    assert_int_equal(na, 6);
-    assert_int_equal(nb, na);
-    assert_memory_equal(a, b, sizeof *a * na);
+    assert_same_ngrams(&c, "No LGE", "no late gadolinium enhancement", 4 + 3 + 2);
+    assert_same_ngrams(&c, "RV enlarged", "right ventricular dilation", 6);
+    /* cmr-v2: "non-ischemic" and "NICM" are one thing, and share no n-gram
+     * with "ischemic cardiomyopathy" but "cardiomyopathy"; cmr-v1 shared
+     * "ischemic cardiomyopathy" itself. */
+    uint32_t ic[16];
+    size_t nic;
+    c.lexicon = 2;
+    assert_same_ngrams(&c, "NICM", "non-ischemic cardiomyopathy", 3 + 2 + 1);
+    assert_int_equal(cmr_compact_ngrams(&c, "NICM", 4, a, 16, &na), 0);
+    assert_int_equal(cmr_compact_ngrams(&c, "ischemic cardiomyopathy", 23, ic, 16, &nic), 0);
+    assert_int_equal(nic, 3);
+    assert_int_equal(shared_ids(a, na, ic, nic), 1);
+    c.lexicon = 1;
+    assert_int_equal(cmr_compact_ngrams(&c, "NICM", 4, a, 16, &na), 0);
+    assert_int_equal(shared_ids(a, na, ic, nic), 3);
     c.lexicon = 0; /* as written */
     assert_int_equal(cmr_compact_ngrams(&c, "No LGE", 6, a, 16, &na), 0);
     assert_int_equal(na, 3);

@@ -510,6 +510,65 @@ static void test_bf16_model_and_missing_tensor(void **state)
     cmr_model_close(NULL);
 }
 
+/* A copy of the default model's directory (weights by symlink) whose
+ * model.json names the lexicon `lexicon`. */
+static char *default_model_with_lexicon(const char *lexicon)
+{
+    const char *src = CMR_SOURCE_DIR "/models/default";
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.json", src);
+    json_error_t err;
+    json_t *doc = json_load_file(path, 0, &err);
+    assert_non_null(doc);
+    assert_int_equal(json_object_set_new(json_object_get(doc, "text"), "lexicon", json_string(lexicon)), 0);
+    char *dir = test_tmpdir();
+    snprintf(path, sizeof path, "%s/model.json", dir);
+    assert_int_equal(json_dump_file(doc, path, JSON_INDENT(2)), 0);
+    json_decref(doc);
+    char target[512];
+    snprintf(target, sizeof target, "%s/weights.safetensors", src);
+    snprintf(path, sizeof path, "%s/weights.safetensors", dir);
+    assert_int_equal(symlink(target, path), 0);
+    return dir;
+}
+
+/* model.json's text.lexicon chooses the featurizer: "cmr-v2" differs from
+ * "cmr-v1" exactly on texts with "non", and an unknown one is refused. */
+static void test_compact_lexicon_versions(void **state)
+{
+    (void)state;
+    char *v1 = default_model_with_lexicon("cmr-v1"), *v2 = default_model_with_lexicon("cmr-v2");
+    char *v9 = default_model_with_lexicon("cmr-v9");
+    cmr_model *m1 = NULL, *m2 = NULL, *m9 = NULL;
+    assert_int_equal(cmr_model_open(v1, &m1), 0);
+    assert_int_equal(cmr_model_open(v2, &m2), 0);
+    assert_int_equal(cmr_model_open(v9, &m9), CMR_EFORMAT);
+    assert_null(m9);
+    if (!strstr(cmr_errmsg(), "text.lexicon must be \"cmr-v1\" or \"cmr-v2\""))
+        fail_msg("unexpected message: %s", cmr_errmsg());
+    unsigned dim = cmr_model_dim(m1);
+    float *a = malloc(dim * sizeof *a), *b = malloc(dim * sizeof *b);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(cmr_model_encode_text(m1, "Dilated LV, no late gadolinium enhancement.", a), 0);
+    assert_int_equal(cmr_model_encode_text(m2, "Dilated LV, no late gadolinium enhancement.", b), 0);
+    assert_memory_equal(a, b, dim * sizeof *a);
+    assert_int_equal(cmr_model_encode_text(m1, "Non-ischemic dilated cardiomyopathy.", a), 0);
+    assert_int_equal(cmr_model_encode_text(m2, "Non-ischemic dilated cardiomyopathy.", b), 0);
+    double diff = 0;
+    for (unsigned d = 0; d < dim; d++)
+        diff = fmax(diff, fabs((double)a[d] - b[d]));
+    assert_true(diff > 1e-3);
+    free(a);
+    free(b);
+    cmr_model_close(m1);
+    cmr_model_close(m2);
+    for (char **d = (char *[]){v1, v2, v9, NULL}; *d; d++) {
+        test_rmtree(*d);
+        free(*d);
+    }
+}
+
 static void test_open_errors(void **state)
 {
     (void)state;
@@ -821,6 +880,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_safetensors_errors),
         cmocka_unit_test(test_bf16_model_and_missing_tensor),
         cmocka_unit_test(test_open_errors),
+        cmocka_unit_test(test_compact_lexicon_versions),
     };
     return cmocka_run_group_tests(tests, NULL, report);
 }

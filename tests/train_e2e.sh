@@ -110,6 +110,17 @@ if train --out "$tmp/l" --sentence-keep 0 2>"$tmp/err" >/dev/null; then
     echo "--sentence-keep 0 was accepted" >&2; exit 1
 fi
 grep -q -- "--sentence-keep" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+# The text lexicon: cmr-v1 unless --lexicon says cmr-v2, recorded in
+# model.json (which the runtime follows, test_model); not for a fine-tune.
+train --out "$tmp/p" --lexicon cmr-v2 >/dev/null
+grep -q '"lexicon": "cmr-v2"' "$tmp/p/model.json" || { echo "--lexicon cmr-v2 not recorded" >&2; exit 1; }
+grep -q '"lexicon": "cmr-v1"' "$tmp/j/model.json" || { echo "the default lexicon is not cmr-v1" >&2; exit 1; }
+for bad in "--lexicon cmr-v3" "--init $tmp/j --lexicon cmr-v2"; do
+    if train --out "$tmp/q" $bad 2>"$tmp/err" >/dev/null; then
+        echo "train $bad was accepted" >&2; exit 1
+    fi
+    grep -q -- "lexicon" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+done
 "$python" - "$tmp" <<'PY'
 import json, sys
 d = sys.argv[1]

@@ -65,6 +65,8 @@ NEG_TRIGGERS = {b"no", b"not", b"without", b"absent", b"absence", b"negative", b
 NEG_ENDS = {b"but", b"however", b"although", b"though", b"except", b"apart", b"yet"}
 NEG_STOPS = b".;:!?\n"
 NEG_SCOPE = 8
+# Lexicon "cmr-v2": "non" negates the one word after it (docs/compact-model.md).
+NEG_PREFIX = b"non"
 
 
 # The clinical lexicon "cmr-v1" (docs/compact-model.md): a word -> its canonical words.
@@ -138,37 +140,43 @@ LEXICON = {
 }
 
 
-def marked_words(text, lexicon=False):
+def marked_words(text, lexicon=0):
     """The words, those in a negation's scope written with a leading '~'
     (docs/compact-model.md): up to 8 words after a trigger, ended early by
     . ; : ! ? or a newline between words, or by a contrasting word.  With the
-    lexicon, a listed word is replaced by its canonical words first (each
-    counts as a word, in a scope too)."""
-    out, scope, prev_end = [], 0, 0
+    lexicon (1: "cmr-v1", 2: "cmr-v2"), a listed word is replaced by its
+    canonical words first (each counts as a word, in a scope too); with
+    cmr-v2, "non" (written or from the lexicon) marks the word after it."""
+    out, scope, prefix, prev_end = [], 0, False, 0
     for m in WORD.finditer(text):
         if any(c in NEG_STOPS for c in text[prev_end:m.start()]):
-            scope = 0
+            scope, prefix = 0, False
         prev_end = m.end()
         w = m.group()
         if w in NEG_TRIGGERS:
-            scope = NEG_SCOPE
+            scope, prefix = NEG_SCOPE, False
             out.append(w)
         elif w in NEG_ENDS:
-            scope = 0
+            scope, prefix = 0, False
             out.append(w)
         else:
             for x in (LEXICON.get(w, w).split(b" ") if lexicon else [w]):
-                if scope > 0:
-                    scope -= 1
+                if lexicon >= 2 and x == NEG_PREFIX:
+                    prefix = True
+                    out.append(x)
+                    continue
+                if scope > 0 or prefix:
                     out.append(b"~" + x)
                 else:
                     out.append(x)
+                scope = max(scope - 1, 0)
+                prefix = False
     return out
 
 
-def ngram_ids(text, buckets=16384, max_n=3, max_words=512, lexicon=False):
+def ngram_ids(text, buckets=16384, max_n=3, max_words=512, lexicon=0):
     """text: bytes.  bytes.lower() lower-cases ASCII only, as the doc asks."""
-    words = marked_words(text.lower(), lexicon)[:max_words]
+    words = marked_words(text.lower(), int(lexicon))[:max_words]
     ids = []
     for i in range(len(words)):
         for n in range(1, max_n + 1):
@@ -216,6 +224,13 @@ TEXTS = [
 ]
 # Bytes that are not valid UTF-8 still make words (every byte >= 0x80 does).
 RAW = [b"caf\xe9 \xff\xfeLGE\x80 no", b"\x00nul\x00byte\x01"]
+# "non" under cmr-v2 (after RAW, so that the earlier texts keep their indices).
+NON_TEXTS = [
+    "Non-ischemic dilated cardiomyopathy; NICM with non-viable segments.",
+    "Ischemic cardiomyopathy, not non-ischemic. LV non-compaction (LVNC), noncompaction.",
+    "non. non no non-ischemic scar, non but non",
+    "NON NON ischemic",
+]
 
 VARIANTS = [
     (64, 3, 512), (16384, 3, 512), (1000003, 3, 512),
@@ -233,16 +248,20 @@ BATCH = [
 
 def golden():
     texts = [t.encode("utf-8") for t in TEXTS] + RAW
+    n_before_v2 = len(texts)
+    texts += [t.encode("utf-8") for t in NON_TEXTS]
     cases = []
     for ti, t in enumerate(texts):
         for buckets, max_n, max_words in VARIANTS:
             if (buckets, max_n, max_words) not in ((64, 3, 512), (16384, 3, 512)) and ti % 3:
                 continue  # the odd configurations on every third text only
-            for lexicon in (False, True):
+            for lexicon in (0, 1, 2):
                 if lexicon and (buckets, max_n, max_words) not in ((16384, 3, 512), (16384, 3, 4), (97, 5, 512)):
                     continue
+                if lexicon == 2 and ti < n_before_v2 and ti % 2:
+                    continue  # cmr-v2 on the new texts and on every other earlier one
                 cases.append({"text": ti, "buckets": buckets, "max_n": max_n, "max_words": max_words,
-                              "lexicon": int(lexicon), "ids": ngram_ids(t, buckets, max_n, max_words, lexicon)})
+                              "lexicon": lexicon, "ids": ngram_ids(t, buckets, max_n, max_words, lexicon)})
     # Checks of the reference itself.
     assert ngram_ids(b"") == [] and ngram_ids(b" .,") == []
     assert len(ngram_ids(b"a b c d")) == 4 + 3 + 2
@@ -252,6 +271,10 @@ def golden():
     assert marked_words(b"no scar but lge") == [b"no", b"~scar", b"but", b"lge"]
     assert marked_words(b"no lge. rv enlarged", True) == [b"no", b"~late", b"~gadolinium", b"~enhancement",
                                                           b"right", b"ventricle", b"dilated"]
+    assert marked_words(b"non-ischemic dcm", 2) == [b"non", b"~ischemic", b"dilated", b"cardiomyopathy"]
+    assert marked_words(b"nicm", 2) == marked_words(b"non-ischemic cardiomyopathy", 2)
+    assert marked_words(b"no non-ischemic scar", 2) == [b"no", b"non", b"~ischemic", b"~scar"]
+    assert marked_words(b"non-ischemic", 1) == [b"non", b"ischemic"]
     assert len(ngram_ids(LONG.encode())) == 3 * 512 - 3
     assert ngram_ids(b"a b", 1 << 20)[1] == fnv1a64(b"a b") % (1 << 20)
     return {"texts": [t.hex() for t in texts], "cases": cases,
