@@ -448,7 +448,7 @@ int eval_simpleshot(const float *x, size_t n, size_t dim, const int *labels, siz
             for (size_t s = k; s < len; s++)
                 query[n_query++] = m[s];
         }
-        double acc;
+        double acc = 0; /* set on success; gcc -O3 cannot see it */
         if ((rc = eval_simpleshot_episode(x, dim, labels, n_classes, support, n_support, query,
                                           n_query, NULL, &acc)))
             goto done;

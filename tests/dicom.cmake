@@ -33,9 +33,12 @@ if(CMAKE_C_COMPILER_ID STREQUAL "Clang" AND CMAKE_CXX_COMPILER_ID STREQUAL "Clan
   set(CMR_FUZZ_DICOM_NEW ${CMAKE_CURRENT_BINARY_DIR}/fuzz_dicom_corpus)
   file(MAKE_DIRECTORY ${CMR_FUZZ_DICOM_NEW})
   add_test(NAME fuzz_dicom_smoke
-           COMMAND fuzz_dicom -runs=2000 -max_len=65536 -seed=1 -rss_limit_mb=2048 -malloc_limit_mb=4096 -max_total_time=50
+           COMMAND fuzz_dicom -runs=2000 -max_len=65536 -seed=1 -rss_limit_mb=2048 -malloc_limit_mb=4096 -max_total_time=40
                    ${CMR_FUZZ_DICOM_NEW} ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/dicom)
-  set_tests_properties(fuzz_dicom_smoke PROPERTIES TIMEOUT 60)
+  # libFuzzer checks max_total_time between inputs, after reading the corpus:
+  # on a loaded 2-core machine the run took 57 s of a 60 s limit (CI) and
+  # once exceeded it.  The margin is for that, not for more fuzzing.
+  set_tests_properties(fuzz_dicom_smoke PROPERTIES TIMEOUT 120)
 endif()
 
 # test_jpegls: the indexer's own JPEG-LS decoder against DCMTK's, on streams
