@@ -35,9 +35,9 @@
  * p(other): confidence = 1 / (1 + exp(PLATT_A * m + PLATT_B)), fitted on
  * seed 11 (8% label noise) with the default model and shifted to a 5%
  * prior.  The margins' scale is the model's: refitted with each default
- * model (docs/audit.md, "Calibration"). */
-#define PLATT_A 0.66
-#define PLATT_B 5.12
+ * model by scripts/fit_audit_calibration.py (docs/audit.md, "Calibration"). */
+#define PLATT_A 0.72
+#define PLATT_B 5.84
 /* Contradiction: confidence = 1 / (1 + exp(-(m - M0) / S)) of the log-odds m
  * below; M0 sits between the bulk of consistent reports (m < 7) and the
  * planted contradictions (m > 11) of seed 11. */
