@@ -306,10 +306,7 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
     if ((frames || lge_frames || resize || lexicon) && init)
         return cmr_fail(CMR_EINVAL, "--%s applies to a new model; a fine-tuned one keeps --init's input",
                         frames ? "frames" : lge_frames ? "lge-frames" : resize ? "resize" : "lexicon");
-    if (lexicon && strcmp(lexicon, "cmr-v1") && strcmp(lexicon, "cmr-v2"))
-        return cmr_fail(CMR_EINVAL, "--lexicon %s: cmr-v1 or cmr-v2", lexicon);
-    if (lexicon)
-        o.lexicon = strcmp(lexicon, "cmr-v1") ? 2 : 1;
+    o.lexicon = lexicon;
     if (frames && !(rc = cmr_cli_parse_u64("--frames", frames, 4, 256, &v)))
         o.frames = (unsigned)v;
     if (!rc && lge_frames && !(rc = cmr_cli_parse_u64("--lge-frames", lge_frames, 0, 255, &v)))

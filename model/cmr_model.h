@@ -115,7 +115,7 @@ typedef struct cmr_train_options {
                                      recipe (the default) */
     unsigned resize;              /* a new model's input.resize (>= size); 0: the default (1.5 size,
                                      the crop keeping two thirds of the field of view) */
-    unsigned lexicon;             /* a new model's text lexicon: 1 "cmr-v1", 2 "cmr-v2"; 0: the
+    const char *lexicon;          /* a new model's text lexicon, "cmr-v1" or "cmr-v2"; NULL: the
                                      default ("cmr-v1") */
     unsigned epochs;              /* maximum (default 30) */
     unsigned batch;               /* pairs per step (default 32) */

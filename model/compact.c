@@ -34,6 +34,22 @@ static int final_side(const cmr_compact_config *c)
     return side;
 }
 
+static const char *const lexicon_names[] = {NULL, "cmr-v1", "cmr-v2"};
+
+int cmr_compact_lexicon_parse(const char *name)
+{
+    for (int i = 1; name && i < (int)(sizeof lexicon_names / sizeof *lexicon_names); i++)
+        if (!strcmp(name, lexicon_names[i]))
+            return i;
+    return -1;
+}
+
+const char *cmr_compact_lexicon_name(int lexicon)
+{
+    return lexicon > 0 && lexicon < (int)(sizeof lexicon_names / sizeof *lexicon_names) ? lexicon_names[lexicon]
+                                                                                        : NULL;
+}
+
 int cmr_compact_config_check(const cmr_compact_config *c)
 {
 #define RANGE(field, lo, hi)                                                                                           \

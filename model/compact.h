@@ -31,6 +31,11 @@ typedef struct cmr_compact_config {
 
 void cmr_compact_config_default(cmr_compact_config *c);
 int cmr_compact_config_check(const cmr_compact_config *c); /* CMR_EFORMAT naming the bad field */
+/* The lexicons by name, as model.json and train --lexicon write them:
+ * "cmr-v1" is 1, "cmr-v2" is 2; -1 for any other name.  The name of 1 or
+ * 2 (a static string), NULL for 0 (words hashed as written). */
+int cmr_compact_lexicon_parse(const char *name);
+const char *cmr_compact_lexicon_name(int lexicon);
 
 /* Named tensors in the flat parameter vector, in a fixed order. */
 typedef struct cmr_compact_tensor {

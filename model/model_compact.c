@@ -56,12 +56,9 @@ int cmr_compact_parse_config(const char *path, json_t *root, cmr_compact_config 
     /* Nor the lexicon: their words were hashed as written. */
     json_t *lex = json_object_get(t, "lexicon");
     c->lexicon = 0;
-    if (lex && (!json_is_string(lex) ||
-                (strcmp(json_string_value(lex), "cmr-v1") && strcmp(json_string_value(lex), "cmr-v2"))))
+    if (lex && (c->lexicon = cmr_compact_lexicon_parse(json_string_value(lex))) < 0)
         return cmr_fail(CMR_EFORMAT, "%s: text.lexicon must be \"cmr-v1\" or \"cmr-v2\" (the lexicons this build knows)",
                         path);
-    if (lex)
-        c->lexicon = strcmp(json_string_value(lex), "cmr-v1") ? 2 : 1;
     if ((rc = cmr_compact_config_check(c)) < 0)
         return cmr_fail_context(rc, "%s: ", path);
     return 0;
@@ -186,7 +183,7 @@ int cmr_compact_save(const char *dir, const char *name, const cmr_compact_config
     if (!doc)
         return cmr_fail(CMR_ENOMEM, "model.json: cannot build the document");
     if (c->lexicon)
-        json_object_set_new(json_object_get(doc, "text"), "lexicon", json_string(c->lexicon == 1 ? "cmr-v1" : "cmr-v2"));
+        json_object_set_new(json_object_get(doc, "text"), "lexicon", json_string(cmr_compact_lexicon_name(c->lexicon)));
     if (input->resize)
         json_object_set_new(json_object_get(doc, "input"), "resize", json_integer(input->resize));
     if (input->lge_frames)

@@ -97,8 +97,8 @@ static int start_model(const cmr_train_options *o, cmr_compact_config *c, cmr_mo
     cmr_compact_config_default(c);
     if (o->frames)
         c->frames = (int)o->frames;
-    if (o->lexicon)
-        c->lexicon = (int)o->lexicon;
+    if (o->lexicon && (c->lexicon = cmr_compact_lexicon_parse(o->lexicon)) < 0)
+        return cmr_fail(CMR_EINVAL, "--lexicon %s: cmr-v1 or cmr-v2", o->lexicon);
     int rc = cmr_compact_config_check(c);
     if (rc < 0)
         return cmr_fail_context(rc, "--frames: ");
