@@ -476,13 +476,13 @@ done:
     return rc;
 }
 
-/* The AUC inside each class that has studies on both sides of finding f,
- * and their mean weighted by class size.  A prompt can reach a high pooled
- * AUC by ranking diagnoses (every amyloidosis has LGE, no normal study
- * has) without seeing the finding; this says whether it does within HCM or
- * DCM too.  scores/pos are the n finding_json rows, in image-set order. */
-static int set_within_class_auc(const eval_ctx *e, const image_set *s, json_t *obj, int f,
-                                const float *scores, const int *pos, size_t n)
+/* The AUC inside each class that has rows on both sides, and their mean
+ * weighted by class size.  A prompt can reach a high pooled AUC by ranking
+ * diagnoses (every amyloidosis has LGE, no normal study has) without seeing
+ * the finding; this says whether it does within HCM or DCM too.  Row r has
+ * score scores[r], side pos[r] and class cls[r]. */
+static int set_within_class_auc(const eval_ctx *e, json_t *obj, const float *scores, const int *pos,
+                                const int *cls, size_t n)
 {
     float *cs = malloc((n ? n : 1) * sizeof *cs);
     int *cp = malloc((n ? n : 1) * sizeof *cp);
@@ -496,18 +496,14 @@ static int set_within_class_auc(const eval_ctx *e, const image_set *s, json_t *o
     double weighted = 0;
     size_t covered = 0;
     for (size_t c = 0; c < e->lab.n_classes; c++) {
-        size_t m = 0, row = 0, n_pos = 0;
-        for (size_t i = 0; i < s->n; i++) {
-            if (e->finding[s->idx[i]][f] < 0)
-                continue; /* finding_json skipped it too: rows stay aligned */
-            if (s->cls[i] == (int)c) {
-                cs[m] = scores[row];
-                cp[m] = pos[row];
+        size_t m = 0, n_pos = 0;
+        for (size_t r = 0; r < n; r++)
+            if (cls[r] == (int)c) {
+                cs[m] = scores[r];
+                cp[m] = pos[r];
                 n_pos += cp[m] != 0;
                 m++;
             }
-            row++;
-        }
         if (!n_pos || n_pos == m)
             continue;
         double auc = eval_auc(cs, cp, m);
@@ -533,9 +529,9 @@ static json_t *finding_json(eval_ctx *e, cmr_model *m, const image_set *s, int f
     size_t d = e->dim, n = 0;
     float *mean = malloc(d * sizeof *mean), *tmp = malloc(d * sizeof *tmp);
     float *scores = malloc((s->n ? s->n : 1) * sizeof *scores);
-    int *pos = malloc((s->n ? s->n : 1) * sizeof *pos);
+    int *pos = malloc((s->n ? s->n : 1) * sizeof *pos), *cls = malloc((s->n ? s->n : 1) * sizeof *cls);
     json_t *obj = NULL;
-    if (!mean || !tmp || !scores || !pos)
+    if (!mean || !tmp || !scores || !pos || !cls)
         *rc = cmr_fail(CMR_ENOMEM, "out of memory for finding scores");
     else if (!(*rc = encode_prompts(m, prompts, e->dim, mean, tmp))) {
         for (size_t i = 0; i < s->n; i++) {
@@ -543,17 +539,19 @@ static json_t *finding_json(eval_ctx *e, cmr_model *m, const image_set *s, int f
             if (v < 0)
                 continue;
             scores[n] = dot(s->x + i * d, mean, d);
+            cls[n] = s->cls[i];
             pos[n++] = negate ? !v : v;
         }
         obj = json_pack("{s:O}", "prompts", prompts);
         set_auc(obj, scores, pos, n);
         if (negate)
-            *rc = set_within_class_auc(e, s, obj, f, scores, pos, n);
+            *rc = set_within_class_auc(e, obj, scores, pos, cls, n);
     }
     free(mean);
     free(tmp);
     free(scores);
     free(pos);
+    free(cls);
     return obj;
 }
 
