@@ -615,9 +615,10 @@ json_t *cmr_audit_report_to_json(const cmr_audit_report *r, int sound)
             json_array_append_new(problems, cmr_json_text(f->reason));
         json_array_append_new(findings, o);
     }
-    return json_pack("{s:s, s:b, s:I, s:I, s:I, s:I, s:f, s:b, s:f, s:o, s:o, s:o, s:o}", "kind", "audit", "sound",
-                     sound, "cases", (json_int_t)r->cases, "cases_checked", (json_int_t)r->cases, "labelled",
-                     (json_int_t)r->labelled, "classes", (json_int_t)r->n_classes, "duplicate_cosine",
-                     (double)r->dup_cosine, "zero_shot", r->zero_shot, "seconds", r->seconds, "counts", counts,
-                     "notes", notes, "problems", problems, "findings", findings);
+    return json_pack("{s:s, s:b, s:I, s:I, s:I, s:I, s:f, s:b, s:f, s:{s:f, s:f}, s:o, s:o, s:o, s:o}", "kind",
+                     "audit", "sound", sound, "cases", (json_int_t)r->cases, "cases_checked", (json_int_t)r->cases,
+                     "labelled", (json_int_t)r->labelled, "classes", (json_int_t)r->n_classes, "duplicate_cosine",
+                     (double)r->dup_cosine, "zero_shot", r->zero_shot, "seconds", r->seconds,
+                     "label_error_calibration", "platt_a", AUDIT_PLATT_A, "platt_b", AUDIT_PLATT_B, "counts",
+                     counts, "notes", notes, "problems", problems, "findings", findings);
 }

@@ -10,6 +10,16 @@
 
 #include "cmr_searcher.h"
 
+/* Platt scaling of the label-error margin m = log p(recorded) - max log
+ * p(other): confidence = 1 / (1 + exp(AUDIT_PLATT_A * m + AUDIT_PLATT_B)),
+ * fitted on seed 11 (8% label noise) with the default model and shifted to
+ * a 5% prior.  The margins' scale is the model's: refitted with each
+ * default model by scripts/fit_audit_calibration.py, which reads them back
+ * from the report (label_error_calibration) to recover the margins
+ * (docs/audit.md, "Calibration"). */
+#define AUDIT_PLATT_A 0.72
+#define AUDIT_PLATT_B 5.84
+
 /* What the audit keeps of a case: the fields the checks read, not the
  * record (a 10k-case store would otherwise hold every impression). */
 typedef struct audit_case {

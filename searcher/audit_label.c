@@ -31,13 +31,6 @@
 #define ZS_WEIGHT_IMAGE 0.25 /* exponent of the zero-shot term against the consensus */
 #define ZS_WEIGHT_TEXT 0.0
 #define KNN_EXTRA 8          /* neighbours fetched beyond k, for those left out */
-/* Platt scaling of the label-error margin m = log p(recorded) - max log
- * p(other): confidence = 1 / (1 + exp(PLATT_A * m + PLATT_B)), fitted on
- * seed 11 (8% label noise) with the default model and shifted to a 5%
- * prior.  The margins' scale is the model's: refitted with each default
- * model by scripts/fit_audit_calibration.py (docs/audit.md, "Calibration"). */
-#define PLATT_A 0.72
-#define PLATT_B 5.84
 /* Contradiction: confidence = 1 / (1 + exp(-(m - M0) / S)) of the log-odds m
  * below; M0 sits between the bulk of consistent reports (m < 7) and the
  * planted contradictions (m > 11) of seed 11. */
@@ -384,7 +377,7 @@ int audit_labels(audit_ctx *a)
         if (s < 0)
             continue;
         double margin = log(support) - img[s];
-        double conf = 1.0 / (1.0 + exp(PLATT_A * margin + PLATT_B));
+        double conf = 1.0 / (1.0 + exp(AUDIT_PLATT_A * margin + AUDIT_PLATT_B));
         if ((rc = audit_add(a, CMR_AUDIT_LABEL_ERROR, (long)i, -1, (float)conf,
                             audit_class_name(a, y, rec, sizeof rec), audit_class_name(a, s, sug, sizeof sug),
                             "The images resemble %s (p %.2f from %zu image neighbours, the class centroids%s) "

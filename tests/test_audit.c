@@ -416,6 +416,10 @@ static void test_cli(void **state)
     for (size_t i = 0; i < json_array_size(findings); i++)
         assert_true(json_real_value(json_object_get(json_array_get(findings, i), "confidence")) >= 0.9 - 1e-6);
     assert_int_equal(json_integer_value(json_object_get(doc, "cases")), 3 * PER_CLASS + 9);
+    /* the label-error calibration it used, for scripts/fit_audit_calibration.py */
+    const json_t *cal = json_object_get(doc, "label_error_calibration");
+    assert_float_equal(json_number_value(json_object_get(cal, "platt_a")), AUDIT_PLATT_A, 1e-12);
+    assert_float_equal(json_number_value(json_object_get(cal, "platt_b")), AUDIT_PLATT_B, 1e-12);
     json_decref(doc);
     free(out);
 
