@@ -24,30 +24,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_timing.h"
 #include "cmr_model.h"
 #include "gemm_amx.h"
 
 char *openblas_get_corename(void);
 int openblas_get_num_threads(void);
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void *read_all(const char *dir, const char *name, size_t expect)
 {
@@ -80,14 +62,14 @@ static double sgemm_gflops(int m, int n, int k)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1, x, k, w, k, 0, y, n);
     double t[5];
     for (int r = 0; r < 5; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1, x, k, w, k, 0, y, n);
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
     free(x);
     free(w);
     free(y);
-    return 2.0 * m * n * k / median(t, 5) / 1e9;
+    return 2.0 * m * n * k / bench_median(t, 5) / 1e9;
 }
 
 /* The AMX kernel at the same shape, on the OpenMP threads taking pieces as
@@ -107,17 +89,17 @@ static double amx_gflops(int m, int n, int k)
     int failed = 0;
     for (int r = 0; r < 6; r++) {
         cmr_gemm_share share = {0};
-        double t0 = now();
+        double t0 = bench_now();
 #pragma omp parallel reduction(+ : failed)
         failed += cmr_gemm_amx_team((size_t)m, (size_t)n, (size_t)k, x, (size_t)k, w, (size_t)k, y, (size_t)n, 0,
                                     &share) < 0;
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
     free(x);
     free(w);
     free(y);
     /* The first run allocates the buffers and the tile state. */
-    return failed ? NAN : 2.0 * m * n * k / median(t + 1, 5) / 1e9;
+    return failed ? NAN : 2.0 * m * n * k / bench_median(t + 1, 5) / 1e9;
 }
 
 int main(int argc, char **argv)
@@ -156,14 +138,14 @@ int main(int argc, char **argv)
     double gemm_qkv = sgemm_gflops(T, 2304, 768), gemm_mlp = sgemm_gflops(1024, 3072, 768),
            gemm_ref = sgemm_gflops(3136, 768, 768);
 
-    double t0 = now();
+    double t0 = bench_now();
     cmr_model *m = NULL;
     int rc = cmr_model_open(dir, &m);
     if (rc < 0) {
         fprintf(stderr, "bench-model: %s: %s\n", cmr_strerror(rc), cmr_errmsg());
         return 2;
     }
-    double open_s = now() - t0;
+    double open_s = bench_now() - t0;
     const cmr_model_input *in = cmr_model_input_spec(m);
     size_t video_floats = (size_t)in->frames * in->channels * in->size * in->size;
     float *video = read_all(dir, "video.f32", video_floats * sizeof(float));
@@ -171,14 +153,14 @@ int main(int argc, char **argv)
     float *emb = malloc(dim * sizeof *emb);
     double *vt = calloc((size_t)repeat, sizeof *vt);
     for (int r = 0; r < repeat && run_video; r++) {
-        t0 = now();
+        t0 = bench_now();
         if ((rc = cmr_model_encode_study(m, video, in->frames, emb)) < 0) {
             fprintf(stderr, "bench-model: encode_study: %s\n", cmr_errmsg());
             return 2;
         }
-        vt[r] = now() - t0;
+        vt[r] = bench_now() - t0;
     }
-    double video_s = run_video ? median(vt, repeat) : NAN;
+    double video_s = run_video ? bench_median(vt, repeat) : NAN;
     char path[4096];
     snprintf(path, sizeof path, "%s/c_video_embed.f32", dir);
     FILE *f = run_video ? fopen(path, "wb") : NULL;
@@ -209,14 +191,14 @@ int main(int argc, char **argv)
         double tt[20];
         cmr_model_encode_tokens(m, ids, (size_t)lens[l], emb);
         for (int r = 0; r < 20; r++) {
-            t0 = now();
+            t0 = bench_now();
             if (cmr_model_encode_tokens(m, ids, (size_t)lens[l], emb) < 0) {
                 fprintf(stderr, "bench-model: encode_tokens: %s\n", cmr_errmsg());
                 return 2;
             }
-            tt[r] = now() - t0;
+            tt[r] = bench_now() - t0;
         }
-        text_ms[l] = 1000 * median(tt, 20);
+        text_ms[l] = 1000 * bench_median(tt, 20);
         free(ids);
     }
     struct rusage ru;

@@ -1,10 +1,14 @@
 /* cmrsearch train: align a compact model on the store's own (study,
  * impression) pairs (docs/training.md). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cmr_cli.h"
 #include "cmr_model.h"
+
+#define CMR_TRAIN_ENSEMBLE_MAX 8
 
 static const char usage[] =
     "usage: cmrsearch train --db DIR --out MODEL_DIR [--init MODEL_DIR] [--frames N] [--epochs N] [--batch N]\n"
@@ -51,8 +55,16 @@ static const char usage[] =
     "                      short queries look like single sentences\n"
     "  --share-texts       pairs of a step showing the same text are each other's\n"
     "                      partners in the loss, not each other's negatives\n"
+    "  --ensemble N        train N members (seeds S, S+1, ...) into MODEL_DIR/member-1..N\n"
+    "                      and write MODEL_DIR as their ensemble: every embedding is\n"
+    "                      the members' side by side, a similarity their mean\n"
+    "                      (docs/model-format.md).  An ensemble given to --continue\n"
+    "                      or --init is fine-tuned member by member the same way\n"
+    "  --f16               write the weights as F16: half the size, embeddings within\n"
+    "                      about 1e-3 of the F32 model's\n"
     "  --patience N        stop after N epochs without a better validation R@10\n"
-    "  --checkpoint FILE   save the state after every epoch; resume from it\n"
+    "  --checkpoint FILE   save the state after every epoch; resume from it (an\n"
+    "                      ensemble: FILE.member-1, FILE.member-2, ...)\n"
     "  --threads N         threads for reading the studies (default: all CPUs)\n";
 
 typedef struct train_inputs {
@@ -239,13 +251,108 @@ static float recorded_sentence_keep(const char *model_dir)
     return keep > 0 && keep <= 1 ? (float)keep : 1.0f;
 }
 
+/* ---- ensembles ------------------------------------------------------------------------ */
+
+/* What to train: n = 0, one compact model; else n members, named as an
+ * ensemble given to --init/--continue names them (from_init), or member-1..n
+ * for --ensemble n. */
+typedef struct ensemble_plan {
+    size_t n;
+    int from_init;
+    char names[CMR_TRAIN_ENSEMBLE_MAX][64];
+    char init_name[128];
+} ensemble_plan;
+
+static int plan_members(const char *init, const char *ensemble, ensemble_plan *plan)
+{
+    memset(plan, 0, sizeof *plan);
+    if (ensemble) {
+        uint64_t n;
+        int rc = cmr_cli_parse_u64("--ensemble", ensemble, 1, CMR_TRAIN_ENSEMBLE_MAX, &n);
+        if (rc)
+            return rc;
+        if (init)
+            return cmr_fail(CMR_EINVAL, "--ensemble makes a new ensemble; a fine-tune keeps its model's members");
+        plan->n = (size_t)n;
+        for (size_t i = 0; i < plan->n; i++)
+            snprintf(plan->names[i], sizeof plan->names[i], "member-%zu", i + 1);
+        return 0;
+    }
+    if (!init)
+        return 0;
+    cmr_model *m = NULL;
+    int rc = cmr_model_open(init, &m);
+    if (rc)
+        return rc;
+    size_t n = cmr_model_member_count(m);
+    if (n > CMR_TRAIN_ENSEMBLE_MAX) {
+        cmr_model_close(m);
+        return cmr_fail(CMR_EUNSUPPORTED, "%s: %zu members; this build fine-tunes at most %d", init, n,
+                        CMR_TRAIN_ENSEMBLE_MAX);
+    }
+    plan->n = n;
+    plan->from_init = n > 0;
+    for (size_t i = 0; i < n; i++)
+        snprintf(plan->names[i], sizeof plan->names[i], "%s", cmr_model_member_name(m, i));
+    snprintf(plan->init_name, sizeof plan->init_name, "%s", cmr_model_name(m));
+    cmr_model_close(m);
+    return 0;
+}
+
+/* Each member trained as a model of its own (seed S + i), then the
+ * ensemble's model.json written over them.  The result: the members' epochs,
+ * summed time and mean final loss. */
+static int train_members(cmr_cli *cli, const cmr_train_set *set, const cmr_train_options *o, const char *init,
+                         const char *name, const ensemble_plan *plan, const char *checkpoint, const char *out_dir,
+                         cmr_train_result *r)
+{
+    char member_out[4096], member_init[4096], member_ckpt[4096];
+    const char *names[CMR_TRAIN_ENSEMBLE_MAX];
+    memset(r, 0, sizeof *r);
+    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
+        return cmr_fail(CMR_EIO, "%s: %s", out_dir, strerror(errno));
+    for (size_t i = 0; i < plan->n; i++) {
+        cmr_train_options mo = *o;
+        mo.seed = o->seed + i;
+        mo.name = "cmrsearch-compact"; /* the ensemble carries --name */
+        if (plan->from_init) {
+            snprintf(member_init, sizeof member_init, "%s/%s", init, plan->names[i]);
+            mo.init = member_init;
+        }
+        if (checkpoint) {
+            snprintf(member_ckpt, sizeof member_ckpt, "%s.%s", checkpoint, plan->names[i]);
+            mo.checkpoint = member_ckpt;
+        }
+        if (snprintf(member_out, sizeof member_out, "%s/%s", out_dir, plan->names[i]) >= (int)sizeof member_out)
+            return cmr_fail(CMR_EINVAL, "%s: path too long", out_dir);
+        if (cli->show_progress)
+            fprintf(cli->err, "member %zu of %zu: %s (seed %llu)\n", i + 1, plan->n, plan->names[i],
+                    (unsigned long long)mo.seed);
+        cmr_train_result mr;
+        int rc = cmr_train(set, &mo, member_out, &mr);
+        if (rc)
+            return cmr_fail_context(rc, "member %s: ", plan->names[i]);
+        r->epochs_run = mr.epochs_run;
+        r->best_epoch = mr.best_epoch;
+        r->n_train = mr.n_train;
+        r->n_val = mr.n_val;
+        r->best_val_r10 += mr.best_val_r10 / (double)plan->n;
+        r->final_loss += mr.final_loss / (double)plan->n;
+        r->seconds += mr.seconds;
+        r->resumed |= mr.resumed;
+        names[i] = plan->names[i];
+    }
+    const char *ens_name = name ? name : plan->init_name[0] ? plan->init_name : "cmrsearch-compact-ensemble";
+    return cmr_model_write_ensemble(out_dir, ens_name, names, plan->n);
+}
+
 int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
 {
     const char *db = NULL, *out_dir = NULL, *init = NULL, *epochs = NULL, *batch = NULL, *lr = NULL, *wd = NULL,
                *temp = NULL, *valf = NULL, *patience = NULL, *seed = NULL, *name = NULL, *checkpoint = NULL,
                *threads_text = NULL, *frames = NULL, *lge_frames = NULL, *resize = NULL, *sentence_keep = NULL,
-               *lexicon = NULL;
-    int learn_temp = 0, cont = 0, share_texts = 0;
+               *lexicon = NULL, *ensemble = NULL;
+    int learn_temp = 0, cont = 0, share_texts = 0, f16 = 0;
     const char *model_path = NULL;
     const cmr_cli_option options[] = {
         {"db", 0, &db, NULL},           {"out", 0, &out_dir, NULL},        {"init", 0, &init, NULL},
@@ -258,6 +365,7 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
         {"learn-temperature", 0, NULL, &learn_temp}, {"json", 0, NULL, &cli->json},
         {"continue", 0, NULL, &cont},   {"model", 0, &model_path, NULL},
         {"sentence-keep", 0, &sentence_keep, NULL}, {"share-texts", 0, NULL, &share_texts},
+        {"ensemble", 0, &ensemble, NULL}, {"f16", 0, NULL, &f16},
     };
     const char *extra[1];
     size_t n_extra;
@@ -295,11 +403,19 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
             return rc;
         o.epochs = 5; /* a fine-tune: a few passes over the pairs */
     }
-    o.init = init;
+    ensemble_plan plan;
+    if ((rc = plan_members(init, ensemble, &plan)))
+        return rc;
+    /* The members share the input; the first one speaks for all. */
+    char first_member[3072];
+    if (init && plan.from_init)
+        snprintf(first_member, sizeof first_member, "%s/%s", init, plan.names[0]);
+    o.init = init && plan.from_init ? first_member : init;
     if (init) {
         o.lr = 2e-4f;
-        o.sentence_keep = recorded_sentence_keep(init);
+        o.sentence_keep = recorded_sentence_keep(o.init);
     }
+    o.f16 = f16;
     uint64_t v;
     if (name)
         o.name = name;
@@ -351,7 +467,8 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
     cmr_train_set set = {.n = in.n, .videos = (const uint8_t *const *)in.videos,
                          .texts = (const char *const *)in.texts, .groups = in.groups};
     cmr_train_result r;
-    rc = cmr_train(&set, &o, out_dir, &r);
+    rc = plan.n ? train_members(cli, &set, &o, init, name, &plan, checkpoint, out_dir, &r)
+                : cmr_train(&set, &o, out_dir, &r);
     free_inputs(&in);
     if (rc)
         return rc;
@@ -369,11 +486,11 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
     }
     if (cli->json)
         return cmr_cli_print_json(
-            cli, json_pack("{s:s, s:I, s:I, s:I, s:i, s:i, s:f, s:f, s:f, s:b, s:I}", "model", out_dir, "pairs",
+            cli, json_pack("{s:s, s:I, s:I, s:I, s:i, s:i, s:f, s:f, s:f, s:b, s:I, s:I}", "model", out_dir, "pairs",
                            (json_int_t)set.n, "train_pairs", (json_int_t)r.n_train, "val_pairs", (json_int_t)r.n_val,
                            "epochs_run", (int)r.epochs_run, "best_epoch", (int)r.best_epoch, "best_val_r10",
                            r.best_val_r10, "final_loss", r.final_loss, "seconds", r.seconds, "resumed", r.resumed,
-                           "reembedded", (json_int_t)moved.cases));
+                           "reembedded", (json_int_t)moved.cases, "members", (json_int_t)plan.n));
     fprintf(cli->out, "trained %s on %zu pairs (%zu train, %zu validation%s) in %.0f s\n", out_dir, set.n, r.n_train,
             r.n_val, missing ? ", some studies unreadable" : "", r.seconds);
     fprintf(cli->out, "best epoch %u of %u: validation R@10 %.3f; final training loss %.4f%s\n", r.best_epoch,

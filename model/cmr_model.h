@@ -77,6 +77,23 @@ int cmr_model_encode_text(cmr_model *m, const char *text, float *embedding);
 /* The same from token ids ([CLS] ... [SEP] included by the caller). */
 int cmr_model_encode_tokens(cmr_model *m, const int32_t *ids, size_t n, float *embedding);
 
+/* ---- ensembles ("architecture": "ensemble", docs/model-format.md) --------------------
+ *
+ * An ensemble lists member model directories beside its model.json; it
+ * embeds with every member and concatenates the members' unit vectors, each
+ * scaled by 1/sqrt(n), so that a cosine is the mean of the members' cosines.
+ * Its identity (cmr_model_hash) is the SHA-256 of the members' identities.
+ * The members share one input spec; encode_tokens is refused. */
+
+/* 0 for a model that is not an ensemble. */
+size_t cmr_model_member_count(const cmr_model *m);
+/* Member i's directory name, relative to the ensemble's directory; owned by
+ * the model.  NULL when i is out of range. */
+const char *cmr_model_member_name(const cmr_model *m, size_t i);
+/* Write dir/model.json of an ensemble of the n member directories already
+ * in dir (plain names, no '/'), atomically. */
+int cmr_model_write_ensemble(const char *dir, const char *name, const char *const *members, size_t n);
+
 /* ---- training (the compact architecture, docs/compact-model.md) ---------------------
  *
  * cmr_train aligns a compact model's two towers on (study, impression)
@@ -131,6 +148,8 @@ typedef struct cmr_train_options {
     int share_texts;              /* pairs of a batch showing the same text are each other's partners
                                      (cmr_clip_loss_grouped); 0: the diagonal alone (default) */
     uint64_t seed;
+    int f16;                      /* write the weights as F16: half the size; the embeddings move by
+                                     about 1e-3 (0: F32, the default) */
     const char *checkpoint;       /* resumable state file; NULL: none */
     void (*progress)(void *user, const cmr_train_progress *p);
     void *progress_user;

@@ -80,6 +80,14 @@ void cmr_compact_text_cache_free(cmr_compact_text_cache *cache);
  * on first use (NULL) and reused. */
 int cmr_compact_video_forward(const cmr_compact_config *c, const float *params, const float *video, int batch,
                               float *emb, cmr_compact_video_cache **cache);
+/* Inference with a scratch kept between calls (*scratch NULL at first;
+ * freed by cmr_compact_video_cache_free): its buffers, and the permuted
+ * weights while params and the configuration stay the same, are reused
+ * instead of allocated, faulted in and recomputed per call.  params must
+ * not change in place between two calls with the same scratch.  Not for
+ * backward. */
+int cmr_compact_video_infer(const cmr_compact_config *c, const float *params, const float *video, int batch,
+                            float *emb, cmr_compact_video_cache **scratch);
 int cmr_compact_video_backward(const cmr_compact_config *c, const float *params, cmr_compact_video_cache *cache,
                                const float *d_emb, float *grads);
 

@@ -22,10 +22,13 @@
  * (the ReLU mask: y > 0 iff the pre-activation was), two ping-pong buffers
  * of activation gradients, per-thread scratch, the small head buffers:
  * ~145 MB at B = 32, F = 16, 64 x 64.  im2col is recomputed in backward
- * rather than kept (~190 MB more at B = 32).  Inference (cache NULL)
- * allocates per call two ping-pong activation buffers for a slice of the
- * batch (INFER_SLICE_FLOATS), the per-thread scratch and the head buffers,
- * and frees them before returning. */
+ * rather than kept (~190 MB more at B = 32).  Inference needs two
+ * ping-pong activation buffers for a slice of the batch
+ * (INFER_SLICE_FLOATS), the per-thread scratch, the head buffers and the
+ * permuted weights: allocated and freed per call (cache NULL), or kept in
+ * a scratch between calls (cmr_compact_video_infer: a model handle's;
+ * allocating and faulting them in, and permuting, cost a member 1.7-17 ms
+ * a study instead of 1.3, docs/benchmarks.md). */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -101,6 +104,7 @@ struct cmr_compact_video_cache {
     float *scratch;            /* threads x (cols + dcols + dW + db) */
     size_t scratch_stride;     /* floats per thread */
     float *wperm;              /* permuted conv weights, all layers */
+    const float *wperm_of;     /* inference scratch: the parameters wperm holds, permuted (NULL: none) */
     float *head;               /* g, pooled, z, and backward's dg, dpooled, dz */
 };
 
@@ -711,8 +715,14 @@ static void run_convs(const geom *g, cmr_compact_video_cache *cc, const float *v
     spatial_pool(g, x, gbuf);
 }
 
-int cmr_compact_video_forward(const cmr_compact_config *c, const float *params, const float *video, int batch,
-                              float *emb, cmr_compact_video_cache **cache)
+static int same_video_config(const cmr_compact_config *a, const cmr_compact_config *b);
+
+/* keep: a training forward into *cache (every layer's output kept for
+ * backward).  Otherwise inference, into *cache when given (its buffers and
+ * the permuted weights of the same params reused by the next call) or into
+ * transient buffers. */
+static int forward(const cmr_compact_config *c, const float *params, const float *video, int batch, float *emb,
+                   cmr_compact_video_cache **cache, int keep)
 {
     if (!c || !params || !video || !emb || batch < 1)
         return cmr_fail(CMR_EINVAL, "compact video forward: bad arguments (batch %d)", batch);
@@ -726,7 +736,7 @@ int cmr_compact_video_forward(const cmr_compact_config *c, const float *params, 
      * (and fault in) fresh pages each time.  The vector kernel's results do
      * not depend on it (bitwise). */
     int slice = batch;
-    if (!cache) {
+    if (!keep) {
         size_t per_study = g.act_max / (size_t)batch;
         slice = per_study >= INFER_SLICE_FLOATS ? 1 : (int)(INFER_SLICE_FLOATS / per_study);
         slice = slice < batch ? slice : batch;
@@ -738,14 +748,19 @@ int cmr_compact_video_forward(const cmr_compact_config *c, const float *params, 
         if (!*cache && !(*cache = calloc(1, sizeof **cache)))
             return cmr_fail(CMR_ENOMEM, "compact video forward: out of memory");
         cc = *cache;
-        cc->batch = 0; /* invalid until this forward completes */
     }
-    if ((rc = cache_fit(cc, &gs, cache != NULL, head_floats(&g))) < 0)
+    /* An inference scratch keeps the permuted weights of the same params
+     * and configuration: a tenth of a study's time on 2 cores. */
+    int permuted = !keep && cc->wperm_of == params && cc->batch > 0 && same_video_config(c, &cc->cfg);
+    cc->batch = 0; /* invalid until this forward completes */
+    cc->wperm_of = NULL;
+    if ((rc = cache_fit(cc, &gs, keep, head_floats(&g))) < 0)
         goto fail;
     const size_t per_video = (size_t)c->frames * g.conv[0].in_pix * (size_t)c->channels;
-    if (cache) /* the caller's video may be reused before backward */
+    if (keep) /* the caller's video may be reused before backward */
         memcpy(cc->video, video, (size_t)batch * per_video * sizeof *video);
-    permute_weights(&g, cc->wperm);
+    if (!permuted)
+        permute_weights(&g, cc->wperm);
     float *gbuf = cc->head, *pooled = gbuf + g.n * (size_t)g.feat, *z = pooled + (size_t)batch * g.pooled;
     for (int b0 = 0; b0 < batch; b0 += slice) {
         int nb = batch - b0 < slice ? batch - b0 : slice;
@@ -756,10 +771,25 @@ int cmr_compact_video_forward(const cmr_compact_config *c, const float *params, 
     head_forward(&g, gbuf, pooled, z, emb);
     cc->batch = batch;
     cc->cfg = *c;
+    cc->wperm_of = keep ? NULL : params;
 fail:
-    if (!cache) /* inference: the transient buffers go (see the file comment) */
+    if (!cache) /* transient inference buffers go (see the file comment) */
         cache_release(&local);
     return rc;
+}
+
+int cmr_compact_video_forward(const cmr_compact_config *c, const float *params, const float *video, int batch,
+                              float *emb, cmr_compact_video_cache **cache)
+{
+    return forward(c, params, video, batch, emb, cache, cache != NULL);
+}
+
+int cmr_compact_video_infer(const cmr_compact_config *c, const float *params, const float *video, int batch,
+                            float *emb, cmr_compact_video_cache **scratch)
+{
+    if (!scratch)
+        return cmr_fail(CMR_EINVAL, "compact video inference: no scratch");
+    return forward(c, params, video, batch, emb, scratch, 0);
 }
 
 /* The video fields of two configurations agree. */

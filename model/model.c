@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "model_impl.h"
 
@@ -155,12 +157,16 @@ int cmr_model_open(const char *path, cmr_model **out)
     } else if (!strcmp(arch_name, "compact")) {
         m->arch = CMR_ARCH_COMPACT;
         rc = cmr_model_open_compact(m, root, config);
+    } else if (!strcmp(arch_name, "ensemble")) {
+        m->arch = CMR_ARCH_ENSEMBLE;
+        rc = cmr_model_open_ensemble(m, root, config);
     } else {
         rc = cmr_fail(CMR_EUNSUPPORTED, "%s: architecture \"%s\" is not known to this build", config, arch_name);
     }
     if (rc < 0)
         goto fail;
-    hash_weights(m);
+    if (m->arch != CMR_ARCH_ENSEMBLE) /* an ensemble's identity is its members' */
+        hash_weights(m);
     json_decref(root);
     free(config);
     *out = m;
@@ -178,8 +184,10 @@ void cmr_model_close(cmr_model *m)
         return;
     if (m->arch == CMR_ARCH_CMRCLIP)
         cmr_model_close_cmrclip(m);
-    else
+    else if (m->arch == CMR_ARCH_COMPACT)
         cmr_model_close_compact(m);
+    else
+        cmr_model_close_ensemble(m);
     cmr_st_close(m->weights);
     free(m->dir);
     free(m);
@@ -194,14 +202,17 @@ void cmr_model_set_probe(cmr_model *m, cmr_model_probe_fn fn, void *ctx)
 {
     m->probe = fn;
     m->probe_ctx = ctx;
+    for (size_t i = 0; i < m->n_members; i++)
+        cmr_model_set_probe(m->members[i], fn, ctx);
 }
 
 int cmr_model_encode_study(cmr_model *m, const float *video, unsigned frames, float *embedding)
 {
     if (!m || !video || !embedding)
         return cmr_fail(CMR_EINVAL, "cmr_model_encode_study: NULL argument");
-    return m->arch == CMR_ARCH_CMRCLIP ? cmr_model_study_cmrclip(m, video, frames, embedding)
-                                       : cmr_model_study_compact(m, video, frames, embedding);
+    return m->arch == CMR_ARCH_CMRCLIP   ? cmr_model_study_cmrclip(m, video, frames, embedding)
+           : m->arch == CMR_ARCH_COMPACT ? cmr_model_study_compact(m, video, frames, embedding)
+                                         : cmr_model_study_ensemble(m, video, frames, embedding);
 }
 
 int cmr_model_encode_tokens(cmr_model *m, const int32_t *ids, size_t n, float *embedding)
@@ -217,6 +228,30 @@ int cmr_model_encode_text(cmr_model *m, const char *text, float *embedding)
 {
     if (!m || !text || !embedding)
         return cmr_fail(CMR_EINVAL, "cmr_model_encode_text: NULL argument");
-    return m->arch == CMR_ARCH_CMRCLIP ? cmr_model_text_cmrclip(m, text, embedding)
-                                       : cmr_model_text_compact(m, text, embedding);
+    return m->arch == CMR_ARCH_CMRCLIP   ? cmr_model_text_cmrclip(m, text, embedding)
+           : m->arch == CMR_ARCH_COMPACT ? cmr_model_text_compact(m, text, embedding)
+                                         : cmr_model_text_ensemble(m, text, embedding);
+}
+
+int cmr_model_write_json(const char *dir, json_t *doc)
+{
+    char path[4096], tmp[4096];
+    if (snprintf(path, sizeof path, "%s/model.json", dir) >= (int)sizeof path ||
+        snprintf(tmp, sizeof tmp, "%s/.model.json.tmp", dir) >= (int)sizeof tmp)
+        return cmr_fail(CMR_EINVAL, "%s: path too long", dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return cmr_fail(CMR_EIO, "%s: %s", dir, strerror(errno));
+    int rc = json_dump_file(doc, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) == 0 ? 0 : cmr_fail(CMR_EIO, "%s: cannot write", tmp);
+    if (rc == 0) {
+        int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0)
+            rc = cmr_fail(CMR_EIO, "%s: %s", tmp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    if (rc == 0 && rename(tmp, path) != 0)
+        rc = cmr_fail(CMR_EIO, "%s: %s", path, strerror(errno));
+    if (rc)
+        unlink(tmp);
+    return rc;
 }

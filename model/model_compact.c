@@ -98,13 +98,17 @@ fail:
     return rc;
 }
 
-void cmr_model_close_compact(cmr_model *m) { free(m->params); }
+void cmr_model_close_compact(cmr_model *m)
+{
+    free(m->params);
+    cmr_compact_video_cache_free(m->video_scratch);
+}
 
 int cmr_model_study_compact(cmr_model *m, const float *video, unsigned frames, float *embedding)
 {
     if (frames != (unsigned)m->compact.frames)
         return cmr_fail(CMR_EINVAL, "model %s takes %d frames, %u given", m->name, m->compact.frames, frames);
-    int rc = cmr_compact_video_forward(&m->compact, m->params, video, 1, embedding, NULL);
+    int rc = cmr_compact_video_infer(&m->compact, m->params, video, 1, embedding, &m->video_scratch);
     if (rc < 0)
         return rc;
     if (m->probe)
@@ -148,9 +152,9 @@ static json_t *int_list(const int *v, int n)
 }
 
 int cmr_compact_save(const char *dir, const char *name, const cmr_compact_config *c, const cmr_model_input *input,
-                     const float *params, json_t *training)
+                     const float *params, int f16, json_t *training)
 {
-    char path[4096], tmp[4096];
+    char path[4096];
     int rc;
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return cmr_fail(CMR_EIO, "%s: %s", dir, strerror(errno));
@@ -159,7 +163,7 @@ int cmr_compact_save(const char *dir, const char *name, const cmr_compact_config
     cmr_st_entry entries[CMR_COMPACT_MAX_TENSORS];
     for (size_t i = 0; i < layout.n_tensors; i++) {
         const cmr_compact_tensor *t = &layout.tensors[i];
-        entries[i] = (cmr_st_entry){.name = t->name, .ndim = t->ndim, .data = params + t->offset};
+        entries[i] = (cmr_st_entry){.name = t->name, .ndim = t->ndim, .data = params + t->offset, .f16 = f16};
         memcpy(entries[i].shape, t->shape, sizeof t->shape);
     }
     snprintf(path, sizeof path, "%s/weights.safetensors", dir);
@@ -190,20 +194,7 @@ int cmr_compact_save(const char *dir, const char *name, const cmr_compact_config
         json_object_set_new(json_object_get(doc, "input"), "lge_frames", json_integer(input->lge_frames));
     if (training)
         json_object_set(doc, "training", training);
-    snprintf(path, sizeof path, "%s/model.json", dir);
-    snprintf(tmp, sizeof tmp, "%s/.model.json.tmp", dir);
-    rc = json_dump_file(doc, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) == 0 ? 0 : cmr_fail(CMR_EIO, "%s: cannot write", tmp);
+    rc = cmr_model_write_json(dir, doc);
     json_decref(doc);
-    if (rc == 0) {
-        int fd = open(tmp, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || fsync(fd) != 0)
-            rc = cmr_fail(CMR_EIO, "%s: %s", tmp, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-    }
-    if (rc == 0 && rename(tmp, path) != 0)
-        rc = cmr_fail(CMR_EIO, "%s: %s", path, strerror(errno));
-    if (rc)
-        unlink(tmp);
     return rc;
 }

@@ -10,7 +10,10 @@
 #include "model_internal.h"
 #include "tokenizer.h"
 
-typedef enum cmr_arch { CMR_ARCH_CMRCLIP, CMR_ARCH_COMPACT } cmr_arch;
+typedef enum cmr_arch { CMR_ARCH_CMRCLIP, CMR_ARCH_COMPACT, CMR_ARCH_ENSEMBLE } cmr_arch;
+
+#define CMR_ENSEMBLE_MAX 8
+#define CMR_ENSEMBLE_NAME_MAX 64
 
 struct cmr_model {
     char *dir;
@@ -34,6 +37,12 @@ struct cmr_model {
     /* compact */
     cmr_compact_config compact;
     float *params; /* the flat parameter vector (cmr_compact_layout_of) */
+    cmr_compact_video_cache *video_scratch; /* the study encoder's buffers, kept between calls */
+    /* ensemble */
+    cmr_model **members;
+    char **member_names;
+    size_t n_members;
+    float *member_out; /* one member's embedding */
 };
 
 /* model.json helpers: a required integer member within [lo, hi]; a path
@@ -53,14 +62,23 @@ int cmr_model_text_cmrclip(cmr_model *m, const char *text, float *embedding);
 
 /* The compact configuration from model.json's sections. */
 int cmr_compact_parse_config(const char *path, json_t *root, cmr_compact_config *c);
-/* Write a compact model directory (model.json, weights.safetensors F32);
- * training (may be NULL) is stored as model.json's "training" record. */
+/* Write a compact model directory (model.json, weights.safetensors: F32,
+ * or F16 when f16); training (may be NULL) is stored as model.json's
+ * "training" record. */
 int cmr_compact_save(const char *dir, const char *name, const cmr_compact_config *c, const cmr_model_input *input,
-                     const float *params, json_t *training);
+                     const float *params, int f16, json_t *training);
+/* dir/model.json from doc, atomically (a temporary file, fsync, rename);
+ * dir is created if absent. */
+int cmr_model_write_json(const char *dir, json_t *doc);
 
 int cmr_model_open_compact(cmr_model *m, json_t *root, const char *config);
 void cmr_model_close_compact(cmr_model *m);
 int cmr_model_study_compact(cmr_model *m, const float *video, unsigned frames, float *embedding);
 int cmr_model_text_compact(cmr_model *m, const char *text, float *embedding);
+
+int cmr_model_open_ensemble(cmr_model *m, json_t *root, const char *config);
+void cmr_model_close_ensemble(cmr_model *m);
+int cmr_model_study_ensemble(cmr_model *m, const float *video, unsigned frames, float *embedding);
+int cmr_model_text_ensemble(cmr_model *m, const char *text, float *embedding);
 
 #endif

@@ -47,14 +47,17 @@ const cmr_st_tensor *cmr_st_find(const cmr_st_file *f, const char *name);
  * a negative expected dimension accepts any size).  Fails naming the file,
  * the tensor and what differs. */
 int cmr_st_f32(cmr_st_file *f, const char *name, int ndim, const int64_t *shape, const float **out);
-/* Write F32 tensors (in the given order) and optional string metadata to
- * path atomically (temporary file, fsync, rename). */
+/* Write tensors (in the given order) and optional string metadata to path
+ * atomically (temporary file, fsync, rename): F32, or F16 when f16 (IEEE
+ * binary16, rounded to nearest even; beyond its range, infinity). */
 typedef struct cmr_st_entry {
     const char *name;
     int ndim;
     int64_t shape[CMR_ST_MAX_DIMS];
     const float *data;
+    int f16;
 } cmr_st_entry;
+uint16_t cmr_float_to_half(float f);
 struct json_t;
 int cmr_st_write(const char *path, const cmr_st_entry *entries, size_t n, struct json_t *metadata);
 

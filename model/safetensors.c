@@ -202,6 +202,32 @@ char *cmr_st_metadata(const cmr_st_file *f, const char *key)
     return r;
 }
 
+uint16_t cmr_float_to_half(float f)
+{
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    uint16_t sign = (uint16_t)((bits >> 16) & 0x8000);
+    uint32_t exp = (bits >> 23) & 0xff, mant = bits & 0x7fffff;
+    if (exp == 0xff) /* infinity stays, NaN stays a (quiet) NaN */
+        return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 | mant >> 13 : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 0x1f)
+        return (uint16_t)(sign | 0x7c00);
+    if (e <= 0) {
+        if (e < -10) /* below half the smallest subnormal */
+            return sign;
+        uint32_t m = mant | 0x800000, shift = (uint32_t)(14 - e), h = m >> shift, rem = m & ((1u << shift) - 1),
+                 half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1)))
+            h++; /* a carry into the exponent is the right answer */
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = (uint32_t)e << 10 | mant >> 13, rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+        h++; /* a carry out of the largest half is infinity, as it should */
+    return (uint16_t)(sign | h);
+}
+
 static float half_to_float(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
@@ -303,10 +329,11 @@ int cmr_st_write(const char *path, const cmr_st_entry *entries, size_t n, json_t
             json_array_append_new(shape, json_integer(entries[i].shape[d]));
             count *= (size_t)entries[i].shape[d];
         }
+        size_t bytes = (entries[i].f16 ? 2 : 4) * count;
         json_object_set_new(hdr, entries[i].name,
-                            json_pack("{s:s, s:o, s:[I,I]}", "dtype", "F32", "shape", shape, "data_offsets",
-                                      (json_int_t)offset, (json_int_t)(offset + 4 * count)));
-        offset += 4 * count;
+                            json_pack("{s:s, s:o, s:[I,I]}", "dtype", entries[i].f16 ? "F16" : "F32", "shape", shape,
+                                      "data_offsets", (json_int_t)offset, (json_int_t)(offset + bytes)));
+        offset += bytes;
     }
     if (hdr && metadata)
         json_object_set(hdr, "__metadata__", metadata);
@@ -330,8 +357,22 @@ int cmr_st_write(const char *path, const cmr_st_entry *entries, size_t n, json_t
         size_t count = 1;
         for (int d = 0; d < entries[i].ndim; d++)
             count *= (size_t)entries[i].shape[d];
-        /* Little-endian hosts write the floats as they are. */
-        ok = fwrite(entries[i].data, sizeof(float), count, f) == count;
+        if (!entries[i].f16) {
+            /* Little-endian hosts write the floats as they are. */
+            ok = fwrite(entries[i].data, sizeof(float), count, f) == count;
+            continue;
+        }
+        uint8_t buf[4096];
+        for (size_t done = 0; ok && done < count;) {
+            size_t chunk = count - done < sizeof buf / 2 ? count - done : sizeof buf / 2;
+            for (size_t k = 0; k < chunk; k++) {
+                uint16_t h = cmr_float_to_half(entries[i].data[done + k]);
+                buf[2 * k] = (uint8_t)h;
+                buf[2 * k + 1] = (uint8_t)(h >> 8);
+            }
+            ok = fwrite(buf, 2, chunk, f) == chunk;
+            done += chunk;
+        }
     }
     free(text);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;

@@ -730,7 +730,7 @@ int cmr_train(const cmr_train_set *set, const cmr_train_options *opts, const cha
     result->best_val_r10 = s.best_r10;
     result->seconds = now() - t0;
     json_t *record = training_record(&o, result, (double)o.lr, &best);
-    rc = cmr_compact_save(out_dir, o.name, &c, &d.in, s.best, record);
+    rc = cmr_compact_save(out_dir, o.name, &c, &d.in, s.best, o.f16, record);
     json_decref(record);
     goto done;
 nomem:

@@ -17,8 +17,8 @@
  * default model by scripts/fit_audit_calibration.py, which reads them back
  * from the report (label_error_calibration) to recover the margins
  * (docs/audit.md, "Calibration"). */
-#define AUDIT_PLATT_A 0.72
-#define AUDIT_PLATT_B 5.84
+#define AUDIT_PLATT_A 0.75
+#define AUDIT_PLATT_B 5.45
 
 /* What the audit keeps of a case: the fields the checks read, not the
  * record (a 10k-case store would otherwise hold every impression). */

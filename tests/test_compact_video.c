@@ -361,6 +361,42 @@ static void test_inference_and_cache(void **state)
     fixture_close(&x);
 }
 
+/* An inference scratch (cmr_compact_video_infer) gives what transient
+ * buffers give, bit for bit, call after call; other parameters in the same
+ * scratch are permuted afresh, and a training cache cannot come from it. */
+static void test_inference_scratch(void **state)
+{
+    fixture x;
+    fixture_open(&x, state);
+    const int B = x.batch, E = x.cfg.embed_dim;
+    float *want = zeros((size_t)B * E), *got = zeros((size_t)B * E), *d = zeros(x.layout.total);
+    cmr_compact_video_cache *scratch = NULL;
+    ok(cmr_compact_video_forward(&x.cfg, x.params, x.video, B, want, NULL));
+    for (int round = 0; round < 3; round++) {
+        memset(got, 0, (size_t)B * E * sizeof *got);
+        ok(cmr_compact_video_infer(&x.cfg, x.params, x.video, B, got, &scratch));
+        assert_memory_equal(want, got, (size_t)B * E * sizeof *got);
+    }
+    /* The same scratch, other weights (another array: a fine-tune's). */
+    float *other = zeros(x.layout.total);
+    for (size_t i = 0; i < x.layout.total; i++)
+        other[i] = -x.params[i];
+    ok(cmr_compact_video_forward(&x.cfg, other, x.video, B, want, NULL));
+    ok(cmr_compact_video_infer(&x.cfg, other, x.video, B, got, &scratch));
+    assert_memory_equal(want, got, (size_t)B * E * sizeof *got);
+    ok(cmr_compact_video_infer(&x.cfg, x.params, x.video, 1, got, &scratch));
+    ok(cmr_compact_video_forward(&x.cfg, x.params, x.video, 1, want, NULL));
+    assert_memory_equal(want, got, (size_t)E * sizeof *got);
+    assert_int_equal(cmr_compact_video_backward(&x.cfg, x.params, scratch, x.d_emb, d), CMR_EINVAL);
+    assert_int_equal(cmr_compact_video_infer(&x.cfg, x.params, x.video, 1, got, NULL), CMR_EINVAL);
+    cmr_compact_video_cache_free(scratch);
+    free(other);
+    free(want);
+    free(got);
+    free(d);
+    fixture_close(&x);
+}
+
 /* ---- the default configuration --------------------------------------------------------------------- */
 
 /* He-normal weights, small biases: activations of realistic scale. */
@@ -524,6 +560,8 @@ int main(void)
         cmocka_unit_test_prestate(test_finite_differences, fixture_max),
         cmocka_unit_test_prestate(test_inference_and_cache, fixture_mean),
         cmocka_unit_test_prestate(test_inference_and_cache, fixture_max),
+        cmocka_unit_test_prestate(test_inference_scratch, fixture_mean),
+        cmocka_unit_test_prestate(test_inference_scratch, fixture_max),
         cmocka_unit_test(test_default_config),
         cmocka_unit_test_prestate(test_errors, fixture_mean),
     };

@@ -25,6 +25,7 @@
 
 #include "gemm_amx.h"
 #include "model_internal.h"
+#include "test_model_files.h"
 #include "test_util.h"
 
 #define FIX CMR_SOURCE_DIR "/tests/fixtures/model/"
@@ -510,11 +511,11 @@ static void test_bf16_model_and_missing_tensor(void **state)
     cmr_model_close(NULL);
 }
 
-/* A copy of the default model's directory (weights by symlink) whose
+/* A copy of the default model's first member (weights by symlink) whose
  * model.json names the lexicon `lexicon`. */
 static char *default_model_with_lexicon(const char *lexicon)
 {
-    const char *src = CMR_SOURCE_DIR "/models/default";
+    const char *src = CMR_SOURCE_DIR "/models/default/member-1";
     char path[512];
     snprintf(path, sizeof path, "%s/model.json", src);
     json_error_t err;
@@ -882,5 +883,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_compact_lexicon_versions),
     };
-    return cmocka_run_group_tests(tests, NULL, report);
+    int failed = cmocka_run_group_tests(tests, NULL, report);
+    return failed + _cmocka_run_group_tests("model files", cmr_model_file_tests, cmr_model_file_test_count, NULL,
+                                            NULL);
 }

@@ -121,6 +121,51 @@ for bad in "--lexicon cmr-v3" "--init $tmp/j --lexicon cmr-v2"; do
     fi
     grep -q -- "lexicon" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
 done
+# Ensembles: --ensemble 2 trains the members a single run with seeds S and
+# S+1 would (with --f16: F16 weights), writes their ensemble, which indexes
+# and searches; --continue fine-tunes it member by member and moves the
+# store; --ensemble with --init is refused.
+train --out "$tmp/r" --ensemble 2 --f16 --checkpoint "$tmp/rck" >"$tmp/r.json"
+train --out "$tmp/r1" --f16 >/dev/null
+"$cmrsearch" train --db "$tmp/db" --seed 6 --epochs 4 --batch 4 --val-fraction 0.25 --patience 0 --f16 \
+    --out "$tmp/r2" >/dev/null
+cmp "$tmp/r/member-1/weights.safetensors" "$tmp/r1/weights.safetensors" || { echo "member-1 is not seed 5's model" >&2; exit 1; }
+cmp "$tmp/r/member-2/weights.safetensors" "$tmp/r2/weights.safetensors" || { echo "member-2 is not seed 6's model" >&2; exit 1; }
+[ -f "$tmp/rck.member-1" ] && [ -f "$tmp/rck.member-2" ] || { echo "no per-member checkpoints" >&2; exit 1; }
+"$cmrsearch" init --db "$tmp/db4" >/dev/null
+"$cmrsearch" index --db "$tmp/db4" --model "$tmp/r" "$tmp/archive" >/dev/null
+"$cmrsearch" search --db "$tmp/db4" --model "$tmp/r" --text "dilated cardiomyopathy" -k 3 --json >"$tmp/r-s.json"
+"$cmrsearch" train --db "$tmp/db4" --continue --model "$tmp/r" --out "$tmp/t" --epochs 1 --batch 4 \
+    --val-fraction 0 --seed 9 --json >"$tmp/t.json"
+"$cmrsearch" verify --db "$tmp/db4" >/dev/null
+"$cmrsearch" search --db "$tmp/db4" --model "$tmp/t" --case 1 -k 3 --json >"$tmp/t-s.json"
+if train --out "$tmp/u" --init "$tmp/j" --ensemble 2 2>"$tmp/err" >/dev/null; then
+    echo "--ensemble with --init was accepted" >&2; exit 1
+fi
+grep -q -- "--ensemble makes a new ensemble" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+"$python" - "$tmp" <<'PY'
+import json, struct, sys
+d = sys.argv[1]
+r = json.load(open(d + "/r/model.json"))
+assert r["architecture"] == "ensemble" and r["members"] == ["member-1", "member-2"], r
+for m in ("member-1", "member-2"):
+    raw = open("%s/r/%s/weights.safetensors" % (d, m), "rb").read()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert {t["dtype"] for k, t in header.items() if k != "__metadata__"} == {"F16"}, m
+assert json.load(open(d + "/r.json"))["members"] == 2
+s = json.load(open(d + "/r-s.json"))
+assert len(s["results"]) == 3 and s["results"][0]["case"]["model"].startswith("cmrsearch-compact-ensemble@"), s
+t = json.load(open(d + "/t.json"))
+assert t["reembedded"] == 16 and t["members"] == 2, t
+tm = json.load(open(d + "/t/model.json"))
+assert tm["architecture"] == "ensemble" and tm["name"] == "cmrsearch-compact-ensemble", tm
+for i, m in enumerate(tm["members"]):
+    rec = json.load(open("%s/t/%s/model.json" % (d, m)))["training"]
+    assert rec["init"] == "%s/r/%s" % (d, m) and rec["seed"] == 9 + i, rec
+ts = json.load(open(d + "/t-s.json"))
+assert len(ts["results"]) == 3, ts
+print("train_e2e: ensemble of 2 (F16) trained, indexed, continued, ok")
+PY
 "$python" - "$tmp" <<'PY'
 import json, sys
 d = sys.argv[1]
