@@ -316,11 +316,14 @@ static int train_members(cmr_cli *cli, const cmr_train_set *set, const cmr_train
         mo.seed = o->seed + i;
         mo.name = "cmrsearch-compact"; /* the ensemble carries --name */
         if (plan->from_init) {
-            snprintf(member_init, sizeof member_init, "%s/%s", init, plan->names[i]);
+            if (snprintf(member_init, sizeof member_init, "%s/%s", init, plan->names[i]) >= (int)sizeof member_init)
+                return cmr_fail(CMR_EINVAL, "%s: path too long", init);
             mo.init = member_init;
         }
         if (checkpoint) {
-            snprintf(member_ckpt, sizeof member_ckpt, "%s.%s", checkpoint, plan->names[i]);
+            if (snprintf(member_ckpt, sizeof member_ckpt, "%s.%s", checkpoint, plan->names[i]) >=
+                (int)sizeof member_ckpt)
+                return cmr_fail(CMR_EINVAL, "%s: path too long", checkpoint);
             mo.checkpoint = member_ckpt;
         }
         if (snprintf(member_out, sizeof member_out, "%s/%s", out_dir, plan->names[i]) >= (int)sizeof member_out)
