@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench_timing.h"
 #include "cmr_model.h"
@@ -34,7 +33,7 @@ static int time_model(cmr_model *m, int repeat, double *study_s, double *text_s)
     double *ts = malloc((size_t)repeat * sizeof *ts), *tt = malloc((size_t)repeat * sizeof *tt);
     int rc = 0;
     if (!video || !emb || !ts || !tt) {
-        rc = CMR_ENOMEM;
+        rc = cmr_fail(CMR_ENOMEM, "out of memory");
         goto done;
     }
     uint64_t s = 1;

@@ -263,7 +263,9 @@ typedef struct ensemble_plan {
     char init_name[128];
 } ensemble_plan;
 
-static int plan_members(const char *init, const char *ensemble, ensemble_plan *plan)
+/* init_model: init already opened (--continue opens it to check it against
+ * the store), or NULL to open it here. */
+static int plan_members(const char *init, cmr_model *init_model, const char *ensemble, ensemble_plan *plan)
 {
     memset(plan, 0, sizeof *plan);
     if (ensemble) {
@@ -280,23 +282,24 @@ static int plan_members(const char *init, const char *ensemble, ensemble_plan *p
     }
     if (!init)
         return 0;
-    cmr_model *m = NULL;
-    int rc = cmr_model_open(init, &m);
+    cmr_model *m = init_model;
+    int rc = m ? 0 : cmr_model_open(init, &m);
     if (rc)
         return rc;
     size_t n = cmr_model_member_count(m);
     if (n > CMR_TRAIN_ENSEMBLE_MAX) {
-        cmr_model_close(m);
-        return cmr_fail(CMR_EUNSUPPORTED, "%s: %zu members; this build fine-tunes at most %d", init, n,
-                        CMR_TRAIN_ENSEMBLE_MAX);
+        rc = cmr_fail(CMR_EUNSUPPORTED, "%s: %zu members; this build fine-tunes at most %d", init, n,
+                      CMR_TRAIN_ENSEMBLE_MAX);
+    } else {
+        plan->n = n;
+        plan->from_init = n > 0;
+        for (size_t i = 0; i < n; i++)
+            snprintf(plan->names[i], sizeof plan->names[i], "%s", cmr_model_member_name(m, i));
+        snprintf(plan->init_name, sizeof plan->init_name, "%s", cmr_model_name(m));
     }
-    plan->n = n;
-    plan->from_init = n > 0;
-    for (size_t i = 0; i < n; i++)
-        snprintf(plan->names[i], sizeof plan->names[i], "%s", cmr_model_member_name(m, i));
-    snprintf(plan->init_name, sizeof plan->init_name, "%s", cmr_model_name(m));
-    cmr_model_close(m);
-    return 0;
+    if (m != init_model)
+        cmr_model_close(m);
+    return rc;
 }
 
 /* Each member trained as a model of its own (seed S + i), then the
@@ -386,10 +389,10 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
         return cmr_fail(CMR_EINVAL, "--continue fine-tunes the store's own model: give it without --init");
     cmr_train_options o;
     cmr_train_options_init(&o);
+    cmr_model *current = NULL;
     if (cont) {
         /* The store's model, checked against the store before any work. */
         cmr_store *check;
-        cmr_model *current = NULL;
         if (!(init = cmr_cli_model_dir(model_path)))
             return cmr_fail(CMR_ENOTFOUND, "--continue: no model to continue (give --model DIR)");
         if ((rc = cmr_cli_open_store(cli, db, CMR_STORE_RDONLY, &check)))
@@ -400,19 +403,23 @@ int cmr_cmd_train(cmr_cli *cli, int argc, char **argv)
             rc = cmr_fail(CMR_EINVAL, "--continue: the store has no model yet (index it with one, or train afresh)");
         else
             rc = cmr_cli_open_model(init, check, 1, &current);
-        cmr_model_close(current);
         cmr_store_close(check);
-        if (rc)
+        if (rc) {
+            cmr_model_close(current);
             return rc;
+        }
         o.epochs = 5; /* a fine-tune: a few passes over the pairs */
     }
     ensemble_plan plan;
-    if ((rc = plan_members(init, ensemble, &plan)))
+    rc = plan_members(init, current, ensemble, &plan);
+    cmr_model_close(current);
+    if (rc)
         return rc;
     /* The members share the input; the first one speaks for all. */
     char first_member[3072];
-    if (init && plan.from_init)
-        snprintf(first_member, sizeof first_member, "%s/%s", init, plan.names[0]);
+    if (init && plan.from_init &&
+        snprintf(first_member, sizeof first_member, "%s/%s", init, plan.names[0]) >= (int)sizeof first_member)
+        return cmr_fail(CMR_EINVAL, "%s: path too long", init);
     o.init = init && plan.from_init ? first_member : init;
     if (init) {
         o.lr = 2e-4f;

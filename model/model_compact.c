@@ -2,12 +2,10 @@
  * opening one from model.json + weights, encoding, and writing one (the
  * trainer's output). */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "model_impl.h"
 

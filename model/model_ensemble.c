@@ -6,15 +6,11 @@
  * mean of the members' cosines.  The members' disagreements are mostly
  * seed noise, which the mean halves; nothing is learnt across members, so
  * every member stays a model that can be fine-tuned on its own. */
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "model_impl.h"
 
@@ -66,10 +62,9 @@ int cmr_model_open_ensemble(cmr_model *m, json_t *root, const char *config)
             return cmr_fail(CMR_ENOMEM, "out of memory");
         size_t len = strlen(m->dir) + strlen(m->member_names[i]) + 2;
         char *path = malloc(len);
-        if (path)
-            snprintf(path, len, "%s/%s", m->dir, m->member_names[i]);
         if (!path)
             return cmr_fail(CMR_ENOMEM, "out of memory");
+        snprintf(path, len, "%s/%s", m->dir, m->member_names[i]);
         rc = cmr_model_open(path, &m->members[i]);
         free(path);
         if (rc < 0)
