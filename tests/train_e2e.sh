@@ -142,6 +142,13 @@ if train --out "$tmp/u" --init "$tmp/j" --ensemble 2 2>"$tmp/err" >/dev/null; th
     echo "--ensemble with --init was accepted" >&2; exit 1
 fi
 grep -q -- "--ensemble makes a new ensemble" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+for bad in 0 9 two; do
+    if train --out "$tmp/u" --ensemble $bad 2>"$tmp/err" >/dev/null; then
+        echo "--ensemble $bad was accepted" >&2; exit 1
+    fi
+    grep -q -- "--ensemble" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+    [ ! -e "$tmp/u" ] || { echo "--ensemble $bad wrote $tmp/u" >&2; exit 1; }
+done
 "$python" - "$tmp" <<'PY'
 import json, struct, sys
 import numpy as np
