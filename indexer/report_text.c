@@ -501,7 +501,12 @@ static int text_code_entry(cmr_report *r, const char *e, size_t n, const char *d
                : CMR_ENOMEM;
         free(c);
     }
-    /* Groups naming their system: "(SNOMED CT 233873004)". */
+    /* Groups naming their system: "(SNOMED CT 233873004)".  After a leading
+     * code ("Z03.89 Encounter for observation ... (SNOMED CT 17621005)") the
+     * label is that code's title in its own system, not the other code's
+     * name; before all codes ("Amyloidosis (E85.4) (SCT 17602002)") it names
+     * the diagnosis both encode. */
+    const char *group_label = code && code == e ? NULL : label;
     size_t in_n;
     const char *after, *in;
     for (const char *p = e; !rc && (in = next_group(p, end, &in_n, &after)); p = after) {
@@ -516,7 +521,7 @@ static int text_code_entry(cmr_report *r, const char *e, size_t n, const char *d
         if (!known)
             continue;
         char *c = rpt_dupn(in + last, in_n - last);
-        rc = c ? rpt_add_code(r, c, known, NULL, label, "text code line", line) : CMR_ENOMEM;
+        rc = c ? rpt_add_code(r, c, known, NULL, group_label, "text code line", line) : CMR_ENOMEM;
         free(c);
     }
     free(label);

@@ -2,12 +2,12 @@
 """Refits the label-error calibration of `cmrsearch audit` (AUDIT_PLATT_A and
 AUDIT_PLATT_B in searcher/audit_internal.h) for a new model, the way
 docs/audit.md ("Calibration") describes: logistic regression of "planted" on the margin m over the cases the
-audit assesses on the calibration archive (seed 11), then the intercept moved
-from that archive's planted rate to a 5% prior.
+audit assesses on the calibration archives (pooled), then the intercept moved
+from their planted rate to a 5% prior.
 
     cmrsearch audit --db calib.db --truth calib/truth.json --kinds label_error \\
         --min-confidence 0 --json > calib-le.json
-    scripts/fit_audit_calibration.py calib-le.json calib/truth.json \\
+    scripts/fit_audit_calibration.py calib-le.json calib/truth.json [more-le.json more/truth.json ...] \\
         [--check other-le.json other/truth.json ...] [--json]
 
 The audit reports confidences, not margins: each is turned back into m with
@@ -73,15 +73,26 @@ def scores(m, y, n_planted, a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("audit_json")
-    ap.add_argument("truth_json")
+    ap.add_argument("calibration", nargs="+", metavar="AUDIT_JSON TRUTH_JSON",
+                    help="pairs: an audit report (--min-confidence 0) and its archive's truth.json")
     ap.add_argument("--check", nargs=2, action="append", default=[], metavar=("AUDIT_JSON", "TRUTH_JSON"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    archives = [(path, margins(path, truth)) for path, truth in [(args.audit_json, args.truth_json)] + args.check]
-    m, y, n_planted, (a0, b0) = archives[0][1]
+    if len(args.calibration) % 2:
+        ap.error("calibration archives come in pairs: AUDIT_JSON TRUTH_JSON")
+    pairs = list(zip(args.calibration[0::2], args.calibration[1::2]))
+    n_cal = len(pairs)
+    archives = [(path, margins(path, truth)) for path, truth in pairs + args.check]
+    consts = {arch[1][3] for arch in archives[:n_cal]}
+    if len(consts) > 1:
+        sys.exit("the calibration reports were made with different constants %s: rerun them with one build"
+                 % sorted(consts))
+    m = np.concatenate([arch[1][0] for arch in archives[:n_cal]])
+    y = np.concatenate([arch[1][1] for arch in archives[:n_cal]])
+    n_planted = sum(arch[1][2] for arch in archives[:n_cal])
+    a0, b0 = archives[0][1][3]
     if not y.any() or y.all():
-        sys.exit("the calibration archive needs both planted and unplanted findings")
+        sys.exit("the calibration archives need both planted and unplanted findings")
     w = fit(m, y)
     rate = y.mean()
     shift = math.log(PRIOR / (1 - PRIOR)) - math.log(rate / (1 - rate))
@@ -92,14 +103,21 @@ def main():
            "archives": []}
     a, b = out["fitted"]["AUDIT_PLATT_A"], out["fitted"]["AUDIT_PLATT_B"]
     for k, (audit_path, (mm, yy, nn, _)) in enumerate(archives):
-        out["archives"].append({"audit": audit_path, "calibration": k == 0,
+        out["archives"].append({"audit": audit_path, "calibration": k < n_cal,
                                 "label_error": scores(mm, yy, nn, a, b)})
+    for name, group in (("calibration", out["archives"][:n_cal]), ("checked", out["archives"][n_cal:])):
+        if group:
+            planted, found, hits = (sum(g["label_error"][f] for g in group) for f in ("planted", "found", "hits"))
+            out["pooled_" + name] = {"archives": len(group), "planted": planted, "found": found, "hits": hits,
+                                     "precision": hits / found if found else None,
+                                     "recall": hits / planted if planted else None}
     if args.json:
         json.dump(out, sys.stdout, indent=2)
         print()
         return
-    print("reported AUDIT_PLATT_A %.2f AUDIT_PLATT_B %.2f; %d findings assessed, %d of %d planted among them"
-          % (a0, b0, out["assessed"], out["planted_assessed"], n_planted))
+    print("reported AUDIT_PLATT_A %.2f AUDIT_PLATT_B %.2f; %d calibration archive%s, %d findings assessed, "
+          "%d of %d planted among them" % (a0, b0, n_cal, "" if n_cal == 1 else "s", out["assessed"],
+                                           out["planted_assessed"], n_planted))
     print("fitted:   AUDIT_PLATT_A %.2f AUDIT_PLATT_B %.2f (intercept moved to a %.0f%% prior)" % (a, b, 100 * PRIOR))
     for arch in out["archives"]:
         s = arch["label_error"]
@@ -107,6 +125,12 @@ def main():
         print("  %-40s planted %3d found %3d correct %3d precision %s recall %s%s"
               % (arch["audit"], s["planted"], s["found"], s["hits"], fmt(s["precision"]), fmt(s["recall"]),
                  "  (calibration)" if arch["calibration"] else ""))
+    for name in ("calibration", "checked"):
+        s = out.get("pooled_" + name)
+        if s:
+            print("  pooled over the %d %s archive%s: planted %d found %d correct %d precision %s recall %s"
+                  % (s["archives"], name, "" if s["archives"] == 1 else "s", s["planted"], s["found"], s["hits"],
+                     fmt(s["precision"]), fmt(s["recall"])))
 
 
 if __name__ == "__main__":

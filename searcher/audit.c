@@ -249,6 +249,11 @@ static int class_of(audit_ctx *a, const cmr_diagnosis *d)
     for (size_t c = 0; c < a->n_classes; c++)
         if (!strcmp(a->classes[c].code, d->code)) {
             a->classes[c].count++;
+            /* a report format without the code's name (a text report's
+             * SNOMED code in parentheses) leaves it to another */
+            if (!a->classes[c].label && d->label && *d->label &&
+                !(a->classes[c].label = dup_str(d->label)))
+                return cmr_fail(CMR_ENOMEM, "out of memory for diagnosis classes");
             return (int)c;
         }
     audit_class *grown = realloc(a->classes, (a->n_classes + 1) * sizeof *grown);
@@ -470,6 +475,7 @@ static void ctx_free(audit_ctx *a)
     }
     free(a->classes);
     free(a->prompts);
+    free(a->prompt_from_reports);
     free(a->dup_pairs);
 }
 

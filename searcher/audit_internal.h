@@ -12,13 +12,14 @@
 
 /* Platt scaling of the label-error margin m = log p(recorded) - max log
  * p(other): confidence = 1 / (1 + exp(AUDIT_PLATT_A * m + AUDIT_PLATT_B)),
- * fitted on seed 11 (8% label noise) with the default model and shifted to
- * a 5% prior.  The margins' scale is the model's: refitted with each
+ * fitted on ten phantom archives pooled (seed 11 with 8% label noise and
+ * nine with 5%; 145 planted errors) with the default model and shifted to a
+ * 5% prior.  The margins' scale is the model's: refitted with each
  * default model by scripts/fit_audit_calibration.py, which reads them back
  * from the report (label_error_calibration) to recover the margins
  * (docs/audit.md, "Calibration"). */
-#define AUDIT_PLATT_A 0.75
-#define AUDIT_PLATT_B 5.45
+#define AUDIT_PLATT_A 0.59
+#define AUDIT_PLATT_B 4.81
 
 /* What the audit keeps of a case: the fields the checks read, not the
  * record (a 10k-case store would otherwise hold every impression). */
@@ -56,6 +57,9 @@ typedef struct audit_ctx {
     size_t n_classes;
     audit_class *classes;
     float *prompts;        /* n_classes x dim prompt vectors (model given), else NULL */
+    /* per class, 1: described by its own reports instead of a row of
+     * prompts (audit_prompt_cos); NULL with prompts */
+    unsigned char *prompt_from_reports;
     long *dup_pairs;       /* 2 x n_dup_pairs case indices of the near-duplicates found */
     size_t n_dup_pairs;
     /* the report under construction */
@@ -91,6 +95,18 @@ int audit_duplicates(audit_ctx *a);
  * distance nn[0..n) (sorted in place); see audit_dup.c. */
 double audit_dup_threshold(double *nn, size_t n);
 int audit_labels(audit_ctx *a);
+/* 1 if the class is described by its reports rather than by prompts: the
+ * prompt bank knows neither its code nor its label, and it has text_count
+ * >= 2 impressions (one left out still leaves one). */
+int audit_described_by_reports(const audit_class *c, size_t text_count);
+/* The cosines of x (case i's image or text vector) with each class's
+ * description, in cos[0..n_classes): its row of a->prompts, or for a class
+ * marked prompt_from_reports the mean of its impressions' text vectors with
+ * case i's own left out.  text_sum (n_classes x dim) and text_count are the
+ * sums and counts of each class's text vectors; such a class has at least
+ * two. */
+void audit_prompt_cos(const audit_ctx *a, const double *text_sum, const size_t *text_count, size_t i,
+                      const float *x, double *cos);
 
 static inline float audit_dot(const float *x, const float *y, size_t dim)
 {

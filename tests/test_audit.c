@@ -264,6 +264,69 @@ static void test_labels(void **state)
     cmr_audit_report_free(r);
 }
 
+/* Which classes are described by their reports: those the prompt bank
+ * knows by neither code nor label, with two impressions or more. */
+static void test_described_by_reports(void **state)
+{
+    (void)state;
+    audit_class generic = {.code = "85898001", .label = "Cardiomyopathy"};
+    audit_class other = {.code = "I42.8", .label = "Other cardiomyopathies"};
+    audit_class hcm = {.code = "I42.1", .label = "Obstructive hypertrophic cardiomyopathy"};
+    audit_class by_label = {.code = "XYZ", .label = "LV noncompaction"};
+    audit_class bare = {.code = "XYZ", .label = NULL};
+    assert_int_equal(audit_described_by_reports(&generic, 2), 1);
+    assert_int_equal(audit_described_by_reports(&generic, 1), 0);
+    assert_int_equal(audit_described_by_reports(&other, 30), 1);
+    assert_int_equal(audit_described_by_reports(&bare, 2), 1);
+    assert_int_equal(audit_described_by_reports(&hcm, 30), 0);
+    assert_int_equal(audit_described_by_reports(&by_label, 30), 0);
+}
+
+/* The class descriptions the zero-shot term compares an image with: a
+ * prompt row, or a class's mean impression with the case's own left out
+ * (else a case's own report would vouch for its code). */
+static void test_prompt_cos(void **state)
+{
+    (void)state;
+    enum { N = 4, D = 4, C = 2 };
+    /* class 0 prompted, class 1 described by its three impressions (cases 1-3) */
+    float image[N * D] = {1, 0, 0, 0, 0, 1, 0, 0, 0.6f, 0.8f, 0, 0, 0, 0, 1, 0};
+    float text[N * D] = {0, 0, 0, 1, 0, 1, 0, 0, 0, 0.6f, 0.8f, 0, 0, 0, 0, 1};
+    float prompts[C * D] = {0.8f, 0, 0, 0.6f, 0, 0, 0, 0};
+    unsigned char from_reports[C] = {0, 1};
+    audit_case cases[N] = {
+        {.cls = 0, .vectors = 3}, {.cls = 1, .vectors = 3}, {.cls = 1, .vectors = 3}, {.cls = 1, .vectors = 1}};
+    /* case 3 has no text vector: it is in no sum and has nothing to leave out */
+    audit_ctx a = {.dim = D, .n = N, .cases = cases, .n_classes = C, .prompts = prompts,
+                   .prompt_from_reports = from_reports};
+    a.vec[CMR_SPACE_IMAGE] = image;
+    a.vec[CMR_SPACE_TEXT] = text;
+    double sum[C * D] = {0}, cos[C];
+    size_t count[C] = {0};
+    for (int i = 0; i < N; i++)
+        if (cases[i].vectors >> CMR_SPACE_TEXT & 1) {
+            count[cases[i].cls]++;
+            for (int d = 0; d < D; d++)
+                sum[cases[i].cls * D + d] += text[i * D + d];
+        }
+    assert_int_equal(count[1], 2);
+    /* case 0 (class 0): prompt 0.8; the whole class-1 mean (0, 1.6, 0.8, 0) */
+    audit_prompt_cos(&a, sum, count, 0, image, cos);
+    assert_float_equal(cos[0], 0.8, 1e-6);
+    assert_float_equal(cos[1], 0.0, 1e-6);
+    /* case 1 (class 1): its own (0, 1, 0, 0) left out leaves (0, 0.6, 0.8, 0) */
+    audit_prompt_cos(&a, sum, count, 1, image + D, cos);
+    assert_float_equal(cos[0], 0.0, 1e-6);
+    assert_float_equal(cos[1], 0.6, 1e-6);
+    /* case 2: leaves (0, 1, 0, 0); image (0.6, 0.8, 0, 0) */
+    audit_prompt_cos(&a, sum, count, 2, image + 2 * D, cos);
+    assert_float_equal(cos[0], 0.48, 1e-6);
+    assert_float_equal(cos[1], 0.8, 1e-6);
+    /* case 3: nothing of its own in the sum, the whole mean (0, 1.6, 0.8, 0) / |.| */
+    audit_prompt_cos(&a, sum, count, 3, image + 3 * D, cos);
+    assert_float_equal(cos[1], 0.8 / sqrt(1.6 * 1.6 + 0.8 * 0.8), 1e-6);
+}
+
 static void test_record_checks(void **state)
 {
     fixture *f = *state;
@@ -470,6 +533,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kind_names),
         cmocka_unit_test(test_dup_threshold),
+        cmocka_unit_test(test_described_by_reports),
+        cmocka_unit_test(test_prompt_cos),
         cmocka_unit_test(test_empty_store),
         cmocka_unit_test_setup_teardown(test_duplicates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_labels, setup, teardown),
