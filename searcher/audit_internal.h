@@ -58,7 +58,7 @@ typedef struct audit_ctx {
     audit_class *classes;
     float *prompts;        /* n_classes x dim prompt vectors (model given), else NULL */
     /* per class, 1: described by its own reports instead of a row of
-     * prompts (audit_prompt_cos); NULL with prompts */
+     * prompts (audit_prompt_cos); NULL when prompts is */
     unsigned char *prompt_from_reports;
     long *dup_pairs;       /* 2 x n_dup_pairs case indices of the near-duplicates found */
     size_t n_dup_pairs;
