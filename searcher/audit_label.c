@@ -206,6 +206,22 @@ static void add_softmax(const double *cos, size_t nc, double scale, double weigh
         lp[c] += weight * (z[c] - mx - log(s));
 }
 
+/* The cosine of x with the mean of count vectors summed in sum[0..dim),
+ * less left_out (NULL: none) when that vector is among them; -1 when
+ * nothing is left to average. */
+static double loo_cos(const double *sum, size_t count, const float *left_out, const float *x, unsigned dim)
+{
+    if (count <= (left_out ? 1u : 0u))
+        return -1;
+    double nrm = 0, dot = 0;
+    for (unsigned d = 0; d < dim; d++) {
+        double v = sum[d] - (left_out ? left_out[d] : 0);
+        nrm += v * v;
+        dot += v * x[d];
+    }
+    return nrm > 0 ? dot / sqrt(nrm) : -1;
+}
+
 /* The class centroids of space without case i itself (leave-one-out):
  * cosines of x with each into cos[].  A class with no other member gets
  * cosine -1. */
@@ -213,28 +229,14 @@ static void centroid_cos(audit_ctx *a, label_work *w, long i, cmr_space space, d
 {
     const float *x = a->vec[space] + (size_t)i * a->dim;
     int own = a->cases[i].cls;
-    for (size_t c = 0; c < a->n_classes; c++) {
-        const double *sum = w->sum[space] + c * a->dim;
-        size_t count = w->count[space][c] - ((int)c == own ? 1 : 0);
-        if (!count) {
-            cos[c] = -1;
-            continue;
-        }
-        double nrm = 0, dot = 0;
-        for (unsigned d = 0; d < a->dim; d++) {
-            double v = sum[d] - ((int)c == own ? x[d] : 0);
-            nrm += v * v;
-            dot += v * x[d];
-        }
-        cos[c] = nrm > 0 ? dot / sqrt(nrm) : -1;
-    }
+    for (size_t c = 0; c < a->n_classes; c++)
+        cos[c] = loo_cos(w->sum[space] + c * a->dim, w->count[space][c], (int)c == own ? x : NULL, x, a->dim);
 }
 
 void audit_prompt_cos(const audit_ctx *a, const double *text_sum, const size_t *text_count, size_t i,
                       const float *x, double *cos)
 {
     const audit_case *self = &a->cases[i];
-    const float *own = a->vec[CMR_SPACE_TEXT] + i * a->dim;
     int own_text = self->vectors >> CMR_SPACE_TEXT & 1;
     for (size_t c = 0; c < a->n_classes; c++) {
         if (!a->prompt_from_reports || !a->prompt_from_reports[c]) {
@@ -242,15 +244,8 @@ void audit_prompt_cos(const audit_ctx *a, const double *text_sum, const size_t *
             continue;
         }
         /* The case's own impression would vouch for its own code. */
-        int leave_out = own_text && self->cls == (int)c;
-        const double *sum = text_sum + c * a->dim;
-        double nrm = 0, dot = 0;
-        for (unsigned d = 0; d < a->dim; d++) {
-            double v = sum[d] - (leave_out ? own[d] : 0);
-            nrm += v * v;
-            dot += v * x[d];
-        }
-        cos[c] = nrm > 0 && text_count[c] > (size_t)leave_out ? dot / sqrt(nrm) : -1;
+        const float *own = own_text && self->cls == (int)c ? a->vec[CMR_SPACE_TEXT] + i * a->dim : NULL;
+        cos[c] = loo_cos(text_sum + c * a->dim, text_count[c], own, x, a->dim);
     }
 }
 
