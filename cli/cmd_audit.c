@@ -31,7 +31,7 @@ static const char usage[] =
     "                      $CMRSEARCH_MODEL, else the default model when it is the\n"
     "                      store's; without one the zero-shot evidence is skipped)\n"
     "  --kinds K,...       only these kinds (default all)\n"
-    "  --min-confidence X  leave out findings below X (default 0.5)\n"
+    "  --min-confidence X  leave out findings below X (default 0.4)\n"
     "  -k N                neighbours in the label consensus (default 20)\n"
     "  --dup-cosine C      duplicate threshold on image cosine (default: from the data)\n"
     "  --csv               one finding per row (kind, confidence, case_id, study_uid,\n"

@@ -13,8 +13,14 @@ from their planted rate to a 5% prior.
 The audit reports confidences, not margins: each is turned back into m with
 the constants the report says it used (label_error_calibration), so a
 report from any build is read right.  --check prints precision and
-recall at confidence 0.5 with the new constants on other archives (for the
-record, not for fitting).  Needs numpy (Debian's python3-numpy).
+recall with the new constants on other archives (not used for the fit).
+Findings count as listed from --threshold (default 0.4, the audit's
+default --min-confidence).  The script also prints the balanced threshold:
+over all the archives given, pooled, the lowest confidence (a multiple of
+0.05) from which precision is at least recall, where the two curves cross;
+that is how the audit's default was chosen (docs/audit.md, "The listing
+threshold").
+Needs numpy (Debian's python3-numpy).
 """
 import argparse
 import json
@@ -62,9 +68,9 @@ def fit(m, y):
     return w
 
 
-def scores(m, y, n_planted, a, b):
+def scores(m, y, n_planted, a, b, threshold):
     conf = 1 / (1 + np.exp(a * m + b))
-    found = conf >= 0.5
+    found = conf >= threshold
     hits = int((found & (y > 0)).sum())
     return {"planted": n_planted, "found": int(found.sum()), "hits": hits,
             "precision": hits / found.sum() if found.sum() else None,
@@ -76,10 +82,14 @@ def main():
     ap.add_argument("calibration", nargs="+", metavar="AUDIT_JSON TRUTH_JSON",
                     help="pairs: an audit report (--min-confidence 0) and its archive's truth.json")
     ap.add_argument("--check", nargs=2, action="append", default=[], metavar=("AUDIT_JSON", "TRUTH_JSON"))
+    ap.add_argument("--threshold", type=float, default=0.4,
+                    help="confidence from which a finding is listed (default 0.4, the audit's)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if len(args.calibration) % 2:
         ap.error("calibration archives come in pairs: AUDIT_JSON TRUTH_JSON")
+    if not 0 < args.threshold < 1:
+        ap.error("--threshold: expected a confidence between 0 and 1")
     pairs = list(zip(args.calibration[0::2], args.calibration[1::2]))
     n_cal = len(pairs)
     archives = [(path, margins(path, truth)) for path, truth in pairs + args.check]
@@ -102,9 +112,17 @@ def main():
            "assessed": len(m), "planted_assessed": int(y.sum()), "planted": n_planted,
            "archives": []}
     a, b = out["fitted"]["AUDIT_PLATT_A"], out["fitted"]["AUDIT_PLATT_B"]
+    out["threshold"] = args.threshold
     for k, (audit_path, (mm, yy, nn, _)) in enumerate(archives):
         out["archives"].append({"audit": audit_path, "calibration": k < n_cal,
-                                "label_error": scores(mm, yy, nn, a, b)})
+                                "label_error": scores(mm, yy, nn, a, b, args.threshold)})
+    for t in np.arange(1, 20) * 0.05:
+        pooled = [scores(mm, yy, nn, a, b, t) for _, (mm, yy, nn, _) in archives]
+        hits, found, planted = (sum(p[f] for p in pooled) for f in ("hits", "found", "planted"))
+        if found and planted and hits / found >= hits / planted:
+            out["balanced_threshold"] = {"threshold": round(float(t), 2), "precision": hits / found,
+                                         "recall": hits / planted, "archives": len(archives)}
+            break
     for name, group in (("calibration", out["archives"][:n_cal]), ("checked", out["archives"][n_cal:])):
         if group:
             planted, found, hits = (sum(g["label_error"][f] for g in group) for f in ("planted", "found", "hits"))
@@ -118,7 +136,8 @@ def main():
     print("reported AUDIT_PLATT_A %.2f AUDIT_PLATT_B %.2f; %d calibration archive%s, %d findings assessed, "
           "%d of %d planted among them" % (a0, b0, n_cal, "" if n_cal == 1 else "s", out["assessed"],
                                            out["planted_assessed"], n_planted))
-    print("fitted:   AUDIT_PLATT_A %.2f AUDIT_PLATT_B %.2f (intercept moved to a %.0f%% prior)" % (a, b, 100 * PRIOR))
+    print("fitted:   AUDIT_PLATT_A %.2f AUDIT_PLATT_B %.2f (intercept moved to a %.0f%% prior); "
+          "listed from confidence %.2f" % (a, b, 100 * PRIOR, args.threshold))
     for arch in out["archives"]:
         s = arch["label_error"]
         fmt = lambda v: "-" if v is None else "%.2f" % v
@@ -131,6 +150,10 @@ def main():
             print("  pooled over the %d %s archive%s: planted %d found %d correct %d precision %s recall %s"
                   % (s["archives"], name, "" if s["archives"] == 1 else "s", s["planted"], s["found"], s["hits"],
                      fmt(s["precision"]), fmt(s["recall"])))
+    bt = out.get("balanced_threshold")
+    if bt:
+        print("balanced threshold over all %d archives pooled: %.2f (precision %.2f, recall %.2f)"
+              % (bt["archives"], bt["threshold"], bt["precision"], bt["recall"]))
 
 
 if __name__ == "__main__":

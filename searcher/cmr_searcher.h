@@ -242,7 +242,7 @@ int cmr_audit_kinds_parse(const char *list, unsigned *out);
 
 typedef struct cmr_audit_options {
     unsigned kinds;          /* bit (1u << kind) per kind to look for; 0 = all */
-    float min_confidence;    /* findings below are dropped (default 0.5) */
+    float min_confidence;    /* findings below are dropped (default 0.4) */
     unsigned k;              /* neighbours for the consensus (default 20) */
     float dup_cosine;        /* duplicate threshold on cosine; 0 = chosen from the data */
     unsigned dup_k;          /* neighbours fetched per case for duplicates (default 4) */

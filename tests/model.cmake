@@ -11,7 +11,6 @@ endif()
 
 # The converter, the converted model's parity and `cmrsearch index --model`
 # on a phantom archive, end to end (tests/model_e2e.sh).
-find_program(CMR_PYTHON3 python3 PATHS /usr/bin NO_DEFAULT_PATH)
 if(CMR_PYTHON3 AND TARGET cmrsearch AND TARGET test_model)
   add_test(NAME model_e2e
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/model_e2e.sh ${CMAKE_SOURCE_DIR} ${CMR_PYTHON3}

@@ -7,7 +7,6 @@ if(TARGET cmr_searcher)
   target_compile_definitions(test_searcher PRIVATE CMR_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
   target_include_directories(test_searcher PRIVATE ${LMDB_INCLUDE_DIR})
 endif()
-find_program(CMR_PYTHON3 python3 PATHS /usr/bin NO_DEFAULT_PATH)
 if(CMR_PYTHON3 AND TARGET cmrsearch AND TARGET cmr-phantom)
   add_test(NAME searcher_phantom
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/searcher_phantom.sh $<TARGET_FILE:cmrsearch>
