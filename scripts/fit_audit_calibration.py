@@ -77,6 +77,13 @@ def scores(m, y, n_planted, a, b, threshold):
             "recall": hits / n_planted if n_planted else None}
 
 
+def pooled(archive_scores):
+    """scores() summed over archives: precision and recall of the pool."""
+    planted, found, hits = (sum(s[f] for s in archive_scores) for f in ("planted", "found", "hits"))
+    return {"planted": planted, "found": found, "hits": hits,
+            "precision": hits / found if found else None, "recall": hits / planted if planted else None}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("calibration", nargs="+", metavar="AUDIT_JSON TRUTH_JSON",
@@ -117,18 +124,14 @@ def main():
         out["archives"].append({"audit": audit_path, "calibration": k < n_cal,
                                 "label_error": scores(mm, yy, nn, a, b, args.threshold)})
     for t in np.arange(1, 20) * 0.05:
-        pooled = [scores(mm, yy, nn, a, b, t) for _, (mm, yy, nn, _) in archives]
-        hits, found, planted = (sum(p[f] for p in pooled) for f in ("hits", "found", "planted"))
-        if found and planted and hits / found >= hits / planted:
-            out["balanced_threshold"] = {"threshold": round(float(t), 2), "precision": hits / found,
-                                         "recall": hits / planted, "archives": len(archives)}
+        p = pooled([scores(mm, yy, nn, a, b, t) for _, (mm, yy, nn, _) in archives])
+        if p["found"] and p["planted"] and p["precision"] >= p["recall"]:
+            out["balanced_threshold"] = {"threshold": round(float(t), 2), "precision": p["precision"],
+                                         "recall": p["recall"], "archives": len(archives)}
             break
     for name, group in (("calibration", out["archives"][:n_cal]), ("checked", out["archives"][n_cal:])):
         if group:
-            planted, found, hits = (sum(g["label_error"][f] for g in group) for f in ("planted", "found", "hits"))
-            out["pooled_" + name] = {"archives": len(group), "planted": planted, "found": found, "hits": hits,
-                                     "precision": hits / found if found else None,
-                                     "recall": hits / planted if planted else None}
+            out["pooled_" + name] = {"archives": len(group), **pooled([g["label_error"] for g in group])}
     if args.json:
         json.dump(out, sys.stdout, indent=2)
         print()
